@@ -1,0 +1,40 @@
+"""mlflow-hpo: record, compare and promote hyperparameter searches in MLflow.
+
+``import mlflow_hpo`` stays light: it imports MLflow only. Backends load their library when
+their subpackage is imported (``mlflow_hpo.optuna``, ...), and a missing extra says which
+``pip install "mlflow-hpo[...]"`` to run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mlflow_hpo._trial import current_trial, log_model
+from mlflow_hpo.errors import (
+    ConfigurationError,
+    MissingExtraError,
+    MlflowHpoError,
+    MlflowHpoWarning,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {"LayerGuard": "mlflow_hpo.layers"}
+
+__all__ = [
+    "ConfigurationError",
+    "LayerGuard",
+    "MissingExtraError",
+    "MlflowHpoError",
+    "MlflowHpoWarning",
+    "__version__",
+    "current_trial",
+    "log_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mlflow_hpo' has no attribute {name!r}")

@@ -1,0 +1,89 @@
+"""Turn Python values into MLflow entities that respect MLflow's own limits.
+
+Limits come from :mod:`mlflow.utils.validation`, never hard-coded, so a future MLflow that
+raises a limit is followed automatically. A value that is cut keeps a visible marker so a
+user reading the UI knows it is not the whole value; the full typed values always go into
+``hyperparameters.json`` as well.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils import validation
+
+TRUNCATION_MARKER = "...[truncated]"
+
+
+def truncate(value: str, limit: int) -> str:
+    """Cut ``value`` to ``limit`` characters, ending with :data:`TRUNCATION_MARKER`."""
+    if len(value) <= limit:
+        return value
+    return value[: max(limit - len(TRUNCATION_MARKER), 0)] + TRUNCATION_MARKER
+
+
+def _key(key: str) -> str:
+    return truncate(str(key), validation.MAX_ENTITY_KEY_LENGTH)
+
+
+def as_text(value: Any) -> str:
+    """The string MLflow will show for a param or tag value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float | int | bool) or value is None:
+        return str(value)
+    try:
+        return json.dumps(value, default=str, sort_keys=True)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def params(values: Mapping[str, Any]) -> list[Param]:
+    """MLflow params, values truncated to ``MAX_PARAM_VAL_LENGTH``."""
+    limit = validation.MAX_PARAM_VAL_LENGTH
+    return [Param(_key(k), truncate(as_text(v), limit)) for k, v in values.items()]
+
+
+def tags(values: Mapping[str, Any]) -> list[RunTag]:
+    """MLflow tags, values truncated to ``MAX_TAG_VAL_LENGTH``."""
+    limit = validation.MAX_TAG_VAL_LENGTH
+    return [RunTag(_key(k), truncate(as_text(v), limit)) for k, v in values.items()]
+
+
+def tag_dict(values: Mapping[str, Any]) -> dict[str, str]:
+    """Like :func:`tags` but as the ``dict`` that ``create_run`` takes."""
+    return {t.key: t.value for t in tags(values)}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def metric(key: str, value: float, step: int = 0, timestamp: int | None = None) -> Metric:
+    """One metric point; ``None``/non-numeric values raise ``TypeError`` early."""
+    number = float(value)
+    return Metric(_key(key), number, timestamp if timestamp is not None else now_ms(), int(step))
+
+
+def metrics(values: Mapping[str, Any], step: int = 0, timestamp: int | None = None) -> list[Metric]:
+    """Metric points for every numeric, finite-or-nan value; others are skipped."""
+    stamp = timestamp if timestamp is not None else now_ms()
+    out = []
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+        out.append(metric(key, value, step, stamp))
+    return out
+
+
+def history(key: str, points: Iterable[tuple[int, float]]) -> list[Metric]:
+    """A metric history from ``(step, value)`` pairs."""
+    stamp = now_ms()
+    return [metric(key, value, step, stamp) for step, value in points]

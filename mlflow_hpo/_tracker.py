@@ -1,0 +1,420 @@
+"""The backend-neutral core: one parent run per study, one child run per trial.
+
+Backends translate their library's events into four calls: :meth:`StudyTracker.open` when
+the study is first seen, :meth:`StudyTracker.trial` when a trial starts,
+:meth:`StudyTracker.finish` when it ends, and :meth:`StudyTracker.summarize` /
+:meth:`StudyTracker.close` at the end. Everything that touches the store goes through an
+explicit :class:`~mlflow.MlflowClient` with run ids and through the safety contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+from mlflow_hpo import _batch, _models, _parent, names
+from mlflow_hpo._safety import Safety
+from mlflow_hpo._trial import TrialResult, TrialRun
+from mlflow_hpo._validate import validate_bool, validate_experiment_name, validate_tracking_uri
+from mlflow_hpo._writer import RunWriter
+from mlflow_hpo.errors import ConfigurationError
+
+BACKENDS = ("optuna", "keras_tuner", "sklearn")
+
+
+@dataclass
+class StudySummary:
+    """What the parent run shows about the whole study."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    best_key: str | None = None
+    best_number: int | None = None
+    best_values: dict[str, float] = field(default_factory=dict)
+    best_params: dict[str, Any] = field(default_factory=dict)
+    trials_csv: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+class StudyTracker:
+    """Owns the parent run of one study and the child runs of its trials.
+
+    Args:
+        backend: ``"optuna"``, ``"keras_tuner"`` or ``"sklearn"``.
+        experiment_name: MLflow experiment; ``None`` uses MLflow's active experiment or the
+            study name.
+        tracking_uri: Store to write to; ``None`` uses MLflow's configured URI.
+        log_models: ``"best"``, ``"all"``, ``"none"`` or an int k (see ``_models``).
+        synchronous: ``False`` writes on a background thread; ``flush()`` waits.
+        strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
+
+    Raises:
+        ConfigurationError: An argument is invalid (nothing has been written yet).
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        *,
+        experiment_name: str | None = None,
+        tracking_uri: str | None = None,
+        log_models: str | int = "best",
+        synchronous: bool = True,
+        strict: bool | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigurationError("backend", f"one of {BACKENDS}", backend)
+        self.backend = backend
+        self.experiment_name = validate_experiment_name(experiment_name)
+        self.tracking_uri = validate_tracking_uri(tracking_uri)
+        self.policy = _models.ModelPolicy(_models.validate_policy(log_models))
+        self.safety = Safety(strict)
+        self.writer = RunWriter(self.safety, validate_bool("synchronous", synchronous))
+        self.objective_names: list[str] = ["value"]
+        self.parent: Run | None = None
+        self.experiment_id: str | None = None
+        self.closed = False
+        self._client: MlflowClient | None = None
+        self._lock = threading.RLock()
+        self._known: dict[str, str] = {}  # trial key -> run id, in the store already
+        self._handles: dict[str, TrialRun] = {}  # trial key -> handle made in this process
+        self._open_failed = False
+
+    # ----------------------------------------------------------------- parent run
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.parent.info.run_id if self.parent is not None else None
+
+    @property
+    def active(self) -> bool:
+        return self.parent is not None and not self.closed
+
+    def open(
+        self,
+        study_name: str,
+        *,
+        key: str | None = None,
+        known_parent_id: str | None = None,
+        directions: list[str] | None = None,
+        objective_names: list[str] | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Find or create the parent run (idempotent, thread-safe); return its id."""
+        with self._lock:
+            if self.parent is not None or self._open_failed:
+                return self.parent_run_id
+            self.policy.directions = list(directions or ["minimize"])
+            self.objective_names = list(objective_names or ["value"])
+            with self.safety.guard("opening the study's parent run"):
+                self._open(study_name, key, known_parent_id, tags or {})
+            self._open_failed = self.parent is None
+            return self.parent_run_id
+
+    def _open(
+        self, study_name: str, key: str | None, known_parent_id: str | None, tags: dict[str, Any]
+    ) -> None:
+        if self.tracking_uri is not None and mlflow.get_tracking_uri() != self.tracking_uri:
+            # Fluent calls in the objective and Model.log read the global URI.
+            mlflow.set_tracking_uri(self.tracking_uri)
+        enclosing = _parent.enclosing_run_id()
+        if enclosing is not None:
+            # A nested run must live in its parent's experiment, or the UI cannot nest it.
+            self.experiment_id = self.client.get_run(enclosing).info.experiment_id
+        else:
+            self.experiment_id = _parent.resolve_experiment(
+                self.client, self.experiment_name, study_name
+            )
+        parent_tags = {
+            names.TAG_ROLE: names.ROLE_STUDY,
+            names.TAG_BACKEND: self.backend,
+            names.TAG_STUDY_NAME: study_name,
+            names.TAG_DIRECTIONS: ",".join(self.policy.directions),
+            names.TAG_OBJECTIVES: ",".join(self.objective_names),
+            **tags,
+        }
+        if key is not None:
+            parent_tags[names.TAG_STUDY_KEY] = key
+        run, reused = _parent.open_parent(
+            self.client,
+            self.experiment_id,
+            study_name=study_name,
+            key=key,
+            known_parent_id=known_parent_id,
+            tags=parent_tags,
+        )
+        if reused:
+            for child in _parent.child_runs(self.client, self.experiment_id, run.info.run_id):
+                trial_key = child.data.tags.get(names.TAG_TRIAL_KEY)
+                if trial_key is not None:
+                    self._known[trial_key] = child.info.run_id
+        self.parent = run
+
+    # ------------------------------------------------------------------ trial runs
+    def trial(self, key: str, number: int, start_ms: int | None = None) -> TrialRun:
+        """The handle of trial ``key``; the same handle if it was asked for before."""
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is None:
+                handle = TrialRun(key, number, self._create_trial_run, start_ms or _batch.now_ms())
+                self._handles[key] = handle
+            return handle
+
+    def known_run_ids(self) -> dict[str, str]:
+        """Trial key -> run id for every trial run this tracker has seen or created."""
+        with self._lock:
+            return dict(self._known)
+
+    def is_logged(self, key: str) -> bool:
+        """Whether trial ``key`` already has a run (from this or an earlier process)."""
+        with self._lock:
+            handle = self._handles.get(key)
+            return key in self._known or (handle is not None and handle.finished)
+
+    def _create_trial_run(self, handle: TrialRun, extra_tags: dict[str, Any] | None = None) -> Run:
+        if self.parent is None or self.experiment_id is None:
+            raise RuntimeError("the study's parent run could not be opened")
+        with self._lock:
+            existing = self._known.get(handle.key)
+        if existing is not None:
+            run = self.client.get_run(existing)
+            handle.already_logged = run.info.status != "RUNNING"
+            return run
+        tags = {
+            names.TAG_ROLE: names.ROLE_TRIAL,
+            names.TAG_BACKEND: self.backend,
+            names.TAG_PARENT_RUN_ID: self.parent.info.run_id,
+            names.TAG_TRIAL_KEY: handle.key,
+            **(extra_tags or {}),
+        }
+        key = self.parent.data.tags.get(names.TAG_STUDY_KEY)
+        if key:
+            tags[names.TAG_STUDY_KEY] = key
+        run = self.client.create_run(
+            self.experiment_id,
+            start_time=handle.start_ms,
+            tags=_batch.tag_dict(tags),
+            run_name=names.TRIAL_RUN_NAME.format(number=handle.number),
+        )
+        with self._lock:
+            self._known[handle.key] = run.info.run_id
+        return run
+
+    def log_live(self, handle: TrialRun, values: dict[str, Any], step: int) -> None:
+        """Log metrics of a running trial now (e.g. a Keras epoch), keyed by ``step``.
+
+        A live metric named like an objective is renamed ``epoch_<name>``: the objective
+        column must hold the objective value only (a pruned trial has none), never the last
+        epoch's value.
+        """
+        if not self.active:
+            return
+        renamed = {
+            (f"{names.METRIC_EPOCH_PREFIX}{k}" if k in self.objective_names else k): v
+            for k, v in values.items()
+        }
+        points = _batch.metrics(renamed, step)
+        self.writer.submit(
+            "logging live metrics",
+            lambda: self.client.log_batch(handle.run_id, metrics=points),
+        )
+
+    def finish(self, handle: TrialRun, result: TrialResult) -> None:
+        """Write a finished trial (once) and end its run with the mapped status."""
+        with self._lock:
+            if handle.finished or not self.active:
+                return
+            handle.finished = True
+        keep_model = False
+        with self.safety.guard("choosing whether to log the model"):
+            if result.state == names.STATE_COMPLETE and result.values:
+                values = [float(result.values[n]) for n in result.values]
+                keep_model = self.policy.decide(handle.key, values) and handle.model is not None
+        self.writer.submit(
+            f"logging trial {handle.number}",
+            lambda: self._write_trial(handle, result, keep_model),
+        )
+
+    def _write_trial(self, handle: TrialRun, result: TrialResult, keep_model: bool) -> None:
+        end_ms = result.end_ms or _batch.now_ms()
+        start_ms = result.start_ms or handle.start_ms
+        tags: dict[str, Any] = {
+            names.TAG_STATE: result.state,
+            names.TAG_DATETIME_START: _iso(start_ms),
+            names.TAG_DATETIME_COMPLETE: _iso(end_ms),
+            **result.tags,
+        }
+        if result.error_class:
+            tags[names.TAG_ERROR_CLASS] = result.error_class
+        if result.pruned_step is not None:
+            tags[names.TAG_PRUNED_STEP] = result.pruned_step
+        if not handle.created:
+            # Nobody needed the run while the trial ran: create it with every tag at once,
+            # which saves the store a transaction per trial.
+            handle.start_ms = start_ms
+            handle.bind(self._create_trial_run(handle, tags))
+            tags = {}
+        run = handle.run()
+        if handle.already_logged:
+            return
+        metrics = [_batch.metric(name, value, 0, end_ms) for name, value in result.values.items()]
+        for name, points in result.histories.items():
+            metrics.extend(_batch.history(name, points))
+        metrics.append(
+            _batch.metric(
+                names.METRIC_N_OUTPUT_EXCEPTIONS, len(handle.output_exceptions), 0, end_ms
+            )
+        )
+        metrics.append(
+            _batch.metric(names.METRIC_DURATION, (end_ms - start_ms) / 1000.0, 0, end_ms)
+        )
+        params = {names.PARAM_TRIAL_NUMBER: handle.number, **result.params, **result.extra_params}
+        self.client.log_batch(
+            run.info.run_id, metrics=metrics, params=_batch.params(params), tags=_batch.tags(tags)
+        )
+        # A failed artifact or model write must still let the run end with its status.
+        with self.safety.guard(f"writing the artifacts of trial {handle.number}"):
+            self._write_artifacts(run, result, handle)
+        if keep_model:
+            with self.safety.guard(f"logging the model of trial {handle.number}"):
+                self._write_model(handle, run.info.run_id)
+        status = names.RUN_STATUS_FOR_STATE.get(result.state, "FAILED")
+        self.client.set_terminated(run.info.run_id, status, end_ms)
+
+    def _write_artifacts(self, run: Run, result: TrialResult, handle: TrialRun) -> None:
+        with tempfile.TemporaryDirectory(prefix="mlflow-hpo-") as tmp:
+            _dump(
+                tmp,
+                names.ARTIFACT_HYPERPARAMETERS,
+                {
+                    "values": result.params,
+                    "distributions": result.distributions,
+                    "trial_number": handle.number,
+                    "backend": self.backend,
+                },
+            )
+            _dump(tmp, names.ARTIFACT_OUTPUT_EXCEPTIONS, list(handle.output_exceptions))
+            if result.error:
+                with open(os.path.join(tmp, names.ARTIFACT_ERROR), "w") as f:
+                    f.write(result.error)
+            # One copy for all files, straight to the run's artifact root (no get_run).
+            get_artifact_repository(run.info.artifact_uri).log_artifacts(tmp)
+
+    def _write_model(self, handle: TrialRun, run_id: str) -> None:
+        key = self.parent.data.tags.get(names.TAG_STUDY_KEY, "") if self.parent else ""
+        tags = {
+            names.TAG_TRIAL_KEY: handle.key,
+            names.TAG_STUDY_KEY: key,
+            names.PARAM_TRIAL_NUMBER: str(handle.number),
+        }
+        uri, model_id = _models.log_model(handle.model, run_id, tags)
+        self.client.set_tag(run_id, names.TAG_MODEL_URI, uri)
+        for evicted in self.policy.kept(handle.key, model_id):
+            self.client.delete_logged_model(evicted)
+
+    # ------------------------------------------------------------- study summary
+    def run_id_for(self, key: str) -> str | None:
+        """Run id of trial ``key``: known locally, else looked up by tag (other workers)."""
+        with self._lock:
+            known = self._known.get(key)
+        if known or self.parent is None or self.experiment_id is None:
+            return known
+        return _parent.find_trial_run(self.client, self.experiment_id, self.parent.info.run_id, key)
+
+    def summarize(self, summary: StudySummary) -> None:
+        """Write the study summary to the parent run (queued behind pending trials)."""
+        if not self.active:
+            return
+        self.writer.submit("writing the study summary", lambda: self._write_summary(summary))
+
+    def _write_summary(self, summary: StudySummary) -> None:
+        assert self.parent is not None
+        parent_id = self.parent.info.run_id
+        metrics: dict[str, float] = {
+            f"{names.METRIC_N_TRIALS_PREFIX}{state.lower()}": n
+            for state, n in summary.counts.items()
+        }
+        tags: dict[str, Any] = {
+            names.TAG_LOGGING_WARNINGS: self.safety.warning_count,
+            **summary.tags,
+        }
+        if summary.best_key is not None:
+            metrics.update(
+                {f"{names.METRIC_BEST_PREFIX}{k}": v for k, v in summary.best_values.items()}
+            )
+            tags[names.TAG_BEST_TRIAL_NUMBER] = summary.best_number
+            best_run = self.run_id_for(summary.best_key)
+            if best_run:
+                tags[names.TAG_BEST_TRIAL_RUN_ID] = best_run
+            tags.update(
+                {f"{names.TAG_BEST_PARAM_PREFIX}{k}": v for k, v in summary.best_params.items()}
+            )
+        self.client.log_batch(parent_id, metrics=_batch.metrics(metrics), tags=_batch.tags(tags))
+        if summary.trials_csv is not None:
+            with tempfile.TemporaryDirectory(prefix="mlflow-hpo-") as tmp:
+                with open(os.path.join(tmp, names.ARTIFACT_TRIALS), "w") as f:
+                    f.write(summary.trials_csv)
+                get_artifact_repository(self.parent.info.artifact_uri).log_artifacts(tmp)
+
+    # ------------------------------------------------------------------- closing
+    def open_handles(self) -> list[TrialRun]:
+        """Trials this process started and has not finished yet."""
+        with self._lock:
+            return [h for h in self._handles.values() if not h.finished]
+
+    def interrupt_open_trials(self, state: str = names.STATE_KILLED) -> None:
+        """End every trial this process started but never finished (an interrupted run)."""
+        for handle in self.open_handles():
+            self.finish(handle, TrialResult(state=state))
+
+    def flush(self) -> None:
+        """Wait until everything queued has been written."""
+        self.writer.flush()
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End open trials as KILLED, flush, and end the parent run with ``status``."""
+        with self._lock:
+            if self.closed or self.parent is None:
+                self.closed = True
+                return
+        self.interrupt_open_trials()
+        with self.safety.guard("flushing queued writes"):
+            self.writer.flush()
+        with self._lock:
+            self.closed = True
+        with self.safety.guard("ending the study's parent run"):
+            self.client.set_tag(
+                self.parent.info.run_id, names.TAG_LOGGING_WARNINGS, str(self.safety.warning_count)
+            )
+            self.client.set_terminated(self.parent.info.run_id, status)
+        self.writer.close()
+
+
+def error_text(error: BaseException) -> str:
+    """The traceback of ``error`` as ``error.txt`` shows it."""
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def _dump(folder: str, name: str, payload: Any) -> None:
+    with open(os.path.join(folder, name), "w") as f:
+        json.dump(payload, f, indent=2, default=_batch.as_text)
+
+
+def _iso(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()

@@ -1,0 +1,75 @@
+"""Every tag, param, metric and artifact name that mlflow-hpo writes.
+
+This is the single source of truth for the README's "What gets logged" table.
+Backends import names from here and never spell them inline, so the UI columns a
+user filters on stay identical whichever tuning library produced the runs.
+"""
+
+from __future__ import annotations
+
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+# --- tags on both study (parent) and trial (child) runs ---
+TAG_ROLE = "mlflow_hpo.role"
+ROLE_STUDY = "study"
+ROLE_TRIAL = "trial"
+TAG_BACKEND = "mlflow_hpo.backend"
+TAG_STUDY_KEY = "mlflow_hpo.study_key"
+TAG_STUDY_NAME = "mlflow_hpo.study_name"
+TAG_PARENT_RUN_ID = MLFLOW_PARENT_RUN_ID  # "mlflow.parentRunId": makes the UI nest trials
+
+# --- tags on trial runs ---
+TAG_TRIAL_KEY = "mlflow_hpo.trial_key"
+TAG_STATE = "mlflow_hpo.state"
+TAG_ERROR_CLASS = "mlflow_hpo.error_class"
+TAG_PRUNED_STEP = "mlflow_hpo.pruned_step"
+TAG_MODEL_URI = "mlflow_hpo.model_uri"
+TAG_DATETIME_START = "mlflow_hpo.datetime_start"
+TAG_DATETIME_COMPLETE = "mlflow_hpo.datetime_complete"
+TAG_USER_ATTR_PREFIX = "user_attr."
+
+# --- tags on study runs ---
+TAG_DIRECTIONS = "mlflow_hpo.directions"
+TAG_OBJECTIVES = "mlflow_hpo.objectives"
+TAG_BEST_TRIAL_RUN_ID = "mlflow_hpo.best_trial_run_id"
+TAG_BEST_TRIAL_NUMBER = "mlflow_hpo.best_trial_number"
+TAG_BEST_PARAM_PREFIX = "mlflow_hpo.best_param."
+TAG_LOGGING_WARNINGS = "mlflow_hpo.logging_warnings"
+
+# --- params ---
+PARAM_TRIAL_NUMBER = "trial_number"
+
+# --- metrics on trial runs ---
+METRIC_N_OUTPUT_EXCEPTIONS = "n_output_exceptions"
+METRIC_DURATION = "trial_duration_s"
+METRIC_INTERMEDIATE = "intermediate_value"
+METRIC_EPOCH_PREFIX = "epoch_"  # a Keras epoch metric named like an objective: epoch_<name>
+
+# --- metrics on study runs ---
+METRIC_BEST_PREFIX = "best_"  # best_<objective name>
+METRIC_N_TRIALS_PREFIX = "n_trials_"  # n_trials_complete, n_trials_pruned, ...
+
+# --- artifacts ---
+ARTIFACT_HYPERPARAMETERS = "hyperparameters.json"
+ARTIFACT_OUTPUT_EXCEPTIONS = "output_exceptions.json"
+ARTIFACT_ERROR = "error.txt"
+ARTIFACT_TRIALS = "trials.csv"
+MODEL_ARTIFACT = "model"
+
+# --- run names ---
+TRIAL_RUN_NAME = "trial-{number}"
+
+# --- trial states (backend-neutral) and the run status each maps to ---
+STATE_COMPLETE = "COMPLETE"
+STATE_PRUNED = "PRUNED"
+STATE_FAIL = "FAIL"
+STATE_KILLED = "KILLED"  # interrupted (KeyboardInterrupt) while running
+RUN_STATUS_FOR_STATE = {
+    STATE_COMPLETE: "FINISHED",
+    STATE_PRUNED: "KILLED",
+    STATE_FAIL: "FAILED",
+    STATE_KILLED: "KILLED",
+}
+
+# --- environment ---
+ENV_STRICT = "MLFLOW_HPO_STRICT"

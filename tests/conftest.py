@@ -1,0 +1,78 @@
+"""Shared fixtures: a fresh SQLite MLflow store per test, strict mode, leak checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run, ViewType
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture(autouse=True)
+def _strict_and_no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Logging errors raise in tests; no test may leave an active run behind."""
+    monkeypatch.setenv("MLFLOW_HPO_STRICT", "1")
+    yield
+    leaked = mlflow.active_run()
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    assert leaked is None, f"active run leaked out of the test: {leaked.info.run_id}"
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh SQLite store under ``tmp_path``, set as MLflow's tracking URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    monkeypatch.chdir(tmp_path)  # anything writing to ./mlruns lands in tmp_path, not the repo
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri)
+
+
+def all_runs(client: MlflowClient, experiment_name: str) -> list[Run]:
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None, f"experiment {experiment_name!r} was not created"
+    return client.search_runs(
+        [experiment.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=5000
+    )
+
+
+def study_runs(client: MlflowClient, experiment_name: str) -> tuple[Run, list[Run]]:
+    """The single parent run and its trial runs (asserts there is exactly one parent)."""
+    runs = all_runs(client, experiment_name)
+    parents = [r for r in runs if r.data.tags.get("mlflow_hpo.role") == "study"]
+    assert len(parents) == 1, f"expected one parent run, found {len(parents)}"
+    children = [r for r in runs if r.data.tags.get("mlflow_hpo.role") == "trial"]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    return parents[0], sorted(children, key=lambda r: int(r.data.params["trial_number"]))
+
+
+def assert_no_running(client: MlflowClient, experiment_name: str) -> None:
+    running = [
+        r.info.run_name for r in all_runs(client, experiment_name) if r.info.status == "RUNNING"
+    ]
+    assert not running, f"runs left RUNNING: {running}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
