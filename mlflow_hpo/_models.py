@@ -21,6 +21,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
 from mlflow_hpo import names
 from mlflow_hpo.errors import ConfigurationError
 
@@ -153,22 +156,33 @@ def flavor_for(model: Any) -> tuple[Any, Any]:
     )
 
 
-def log_model(model: Any, run_id: str, tags: dict[str, str]) -> tuple[str, str]:
-    """Log ``model`` as a logged model of ``run_id``; return ``(models:/ URI, model id)``.
+def log_model(
+    client: MlflowClient, model: Any, run: Run, tags: dict[str, str], params: dict[str, str]
+) -> tuple[str, str]:
+    """Log ``model`` as a logged model of ``run``; return ``(models:/ URI, model id)``.
 
-    ``Model.log`` resolves the store from MLflow's global tracking URI, which the tracker
-    sets when it is given ``tracking_uri`` (as optuna-integration's callback does).
+    The logged model is created here, in the run's experiment: ``Model.log`` alone would put
+    it in MLflow's *active* experiment, which differs when the tracker chose the experiment.
+    ``Model.log`` resolves the store from MLflow's global tracking URI, which the tracker sets
+    when it is given ``tracking_uri`` (as optuna-integration's callback does).
     """
     from mlflow.models import Model
 
     flavor, obj = flavor_for(model)
+    logged = client.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=names.MODEL_ARTIFACT,
+        source_run_id=run.info.run_id,
+        tags=tags,
+        params=params,
+    )
     info = Model.log(
         artifact_path=None,
         name=names.MODEL_ARTIFACT,
         flavor=flavor,
         model=obj,
-        run_id=run_id,
-        tags=tags,
+        run_id=run.info.run_id,
+        model_id=logged.model_id,
         pip_requirements=flavor.get_default_pip_requirements(),
     )
-    return str(info.model_uri), str(info.model_id)
+    return str(info.model_uri), str(logged.model_id)

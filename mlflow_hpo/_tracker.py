@@ -291,7 +291,7 @@ class StudyTracker:
             self._write_artifacts(run, result, handle)
         if keep_model:
             with self.safety.guard(f"logging the model of trial {handle.number}"):
-                self._write_model(handle, run.info.run_id)
+                self._write_model(handle, run, params)
         status = names.RUN_STATUS_FOR_STATE.get(result.state, "FAILED")
         self.client.set_terminated(run.info.run_id, status, end_ms)
 
@@ -314,15 +314,16 @@ class StudyTracker:
             # One copy for all files, straight to the run's artifact root (no get_run).
             get_artifact_repository(run.info.artifact_uri).log_artifacts(tmp)
 
-    def _write_model(self, handle: TrialRun, run_id: str) -> None:
+    def _write_model(self, handle: TrialRun, run: Run, params: dict[str, Any]) -> None:
         key = self.parent.data.tags.get(names.TAG_STUDY_KEY, "") if self.parent else ""
         tags = {
             names.TAG_TRIAL_KEY: handle.key,
             names.TAG_STUDY_KEY: key,
             names.PARAM_TRIAL_NUMBER: str(handle.number),
         }
-        uri, model_id = _models.log_model(handle.model, run_id, tags)
-        self.client.set_tag(run_id, names.TAG_MODEL_URI, uri)
+        as_params = {p.key: p.value for p in _batch.params(params)}
+        uri, model_id = _models.log_model(self.client, handle.model, run, tags, as_params)
+        self.client.set_tag(run.info.run_id, names.TAG_MODEL_URI, uri)
         for evicted in self.policy.kept(handle.key, model_id):
             self.client.delete_logged_model(evicted)
 
