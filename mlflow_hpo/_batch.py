@@ -9,14 +9,19 @@ user reading the UI knows it is not the whole value; the full typed values alway
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
+import traceback
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils import validation
 
 TRUNCATION_MARKER = "...[truncated]"
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 
 
 def truncate(value: str, limit: int) -> str:
@@ -27,7 +32,17 @@ def truncate(value: str, limit: int) -> str:
 
 
 def _key(key: str) -> str:
-    return truncate(str(key), validation.MAX_ENTITY_KEY_LENGTH)
+    """A key MLflow accepts: bad characters become ``_`` (``lr(adam)`` -> ``lr_adam_``).
+
+    Optuna and Keras Tuner allow any string as a name; MLflow does not. The original names
+    are kept in ``hyperparameters.json``.
+    """
+    text = str(key)
+    if not validation.validate_param_and_metric_name(text):
+        text = _BAD_KEY_CHARS.sub("_", text)
+    if validation.path_not_unique(text):
+        text = text.replace("/", "_").replace("..", "__").lstrip(".") or "_"
+    return truncate(text, validation.MAX_ENTITY_KEY_LENGTH)
 
 
 def as_text(value: Any) -> str:
@@ -87,3 +102,17 @@ def history(key: str, points: Iterable[tuple[int, float]]) -> list[Metric]:
     """A metric history from ``(step, value)`` pairs."""
     stamp = now_ms()
     return [metric(key, value, step, stamp) for step, value in points]
+
+
+def error_text(error: BaseException) -> str:
+    """The traceback of ``error`` as ``error.txt`` shows it."""
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def dump(folder: str, name: str, payload: Any) -> None:
+    with open(os.path.join(folder, name), "w") as f:
+        json.dump(payload, f, indent=2, default=as_text)
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()

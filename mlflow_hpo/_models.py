@@ -16,6 +16,7 @@ subprocess and cost seconds per trial.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 from dataclasses import dataclass
@@ -176,11 +177,13 @@ def log_model(
         tags=tags,
         params=params,
     )
+    # Flavors name their model argument differently (keras: model, sklearn: sk_model).
+    model_argument = next(iter(inspect.signature(flavor.save_model).parameters))
     info = Model.log(
         artifact_path=None,
         name=names.MODEL_ARTIFACT,
         flavor=flavor,
-        model=obj,
+        **{model_argument: obj},
         run_id=run.info.run_id,
         model_id=logged.model_id,
         pip_requirements=flavor.get_default_pip_requirements(),

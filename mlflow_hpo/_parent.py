@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from typing import Any
 
 from mlflow import MlflowClient
@@ -23,6 +24,7 @@ from mlflow.tracking import fluent
 from mlflow_hpo import _batch, names
 
 _PAGE = 1000
+_SETTLE_S = 0.5
 
 
 def study_key(backend: str, description: str) -> str:
@@ -100,6 +102,7 @@ def open_parent(
     key: str | None,
     known_parent_id: str | None,
     tags: dict[str, Any],
+    enclosing_run_id: str | None = None,
 ) -> tuple[Run, bool]:
     """Return ``(parent_run, reused)``; a reused parent is set back to RUNNING."""
     if known_parent_id:
@@ -116,13 +119,19 @@ def open_parent(
             _reopen(client, existing[0])
             return existing[0], True
     all_tags = dict(tags)
-    enclosing = enclosing_run_id()
-    if enclosing:
-        all_tags[names.TAG_PARENT_RUN_ID] = enclosing
+    if enclosing_run_id:
+        all_tags[names.TAG_PARENT_RUN_ID] = enclosing_run_id
     mine = client.create_run(experiment_id, tags=_batch.tag_dict(all_tags), run_name=study_name)
     if key is None:
         return mine, False
     winner = _candidates(client, experiment_id, key)[0]
+    if winner.info.run_id == mine.info.run_id:
+        # A rival that searched before we created may be creating right now, with the same
+        # millisecond (and a smaller id) or a clock a little behind ours: look once more
+        # after it has had time to appear. Every worker applies the same rule, so all of
+        # them end up on the same, oldest candidate.
+        time.sleep(_SETTLE_S)
+        winner = _candidates(client, experiment_id, key)[0]
     if winner.info.run_id != mine.info.run_id:
         client.set_terminated(mine.info.run_id, "KILLED")
         client.delete_run(mine.info.run_id)

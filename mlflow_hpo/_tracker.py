@@ -9,40 +9,27 @@ explicit :class:`~mlflow.MlflowClient` with run ids and through the safety contr
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
-import traceback
-from dataclasses import dataclass, field
+import warnings
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import fluent
 
 from mlflow_hpo import _batch, _models, _parent, names
 from mlflow_hpo._safety import Safety
+from mlflow_hpo._summary import StudySummary, write_summary
 from mlflow_hpo._trial import TrialResult, TrialRun
 from mlflow_hpo._validate import validate_bool, validate_experiment_name, validate_tracking_uri
 from mlflow_hpo._writer import RunWriter
-from mlflow_hpo.errors import ConfigurationError
+from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 
 BACKENDS = ("optuna", "keras_tuner", "sklearn")
-
-
-@dataclass
-class StudySummary:
-    """What the parent run shows about the whole study."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    best_key: str | None = None
-    best_number: int | None = None
-    best_values: dict[str, float] = field(default_factory=dict)
-    best_params: dict[str, Any] = field(default_factory=dict)
-    trials_csv: str | None = None
-    tags: dict[str, Any] = field(default_factory=dict)
 
 
 class StudyTracker:
@@ -88,6 +75,9 @@ class StudyTracker:
         self._known: dict[str, str] = {}  # trial key -> run id, in the store already
         self._handles: dict[str, TrialRun] = {}  # trial key -> handle made in this process
         self._open_failed = False
+        # MLflow's active run is per thread: capture the caller's now, because the parent may
+        # be opened later from an Optuna worker thread that has no active run of its own.
+        self.enclosing_run_id = _parent.enclosing_run_id()
 
     # ----------------------------------------------------------------- parent run
     @property
@@ -131,10 +121,18 @@ class StudyTracker:
         if self.tracking_uri is not None and mlflow.get_tracking_uri() != self.tracking_uri:
             # Fluent calls in the objective and Model.log read the global URI.
             mlflow.set_tracking_uri(self.tracking_uri)
-        enclosing = _parent.enclosing_run_id()
+        enclosing = self.enclosing_run_id or _parent.enclosing_run_id()
         if enclosing is not None:
             # A nested run must live in its parent's experiment, or the UI cannot nest it.
             self.experiment_id = self.client.get_run(enclosing).info.experiment_id
+            if self.experiment_name is not None:
+                warnings.warn(
+                    f"mlflow-hpo: experiment_name={self.experiment_name!r} is ignored: the study "
+                    f"nests under the enclosing run {enclosing}, so it goes to that run's "
+                    "experiment.",
+                    MlflowHpoWarning,
+                    stacklevel=4,
+                )
         else:
             self.experiment_id = _parent.resolve_experiment(
                 self.client, self.experiment_name, study_name
@@ -152,11 +150,18 @@ class StudyTracker:
         run, reused = _parent.open_parent(
             self.client,
             self.experiment_id,
+            enclosing_run_id=enclosing,
             study_name=study_name,
             key=key,
             known_parent_id=known_parent_id,
             tags=parent_tags,
         )
+        # A reused parent may live in another experiment (e.g. a different experiment_name
+        # this session): its children must go where it is.
+        self.experiment_id = run.info.experiment_id
+        if fluent._active_experiment_id is None and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            # mlflow.start_run(nested=True) in an objective then lands beside its trial run.
+            mlflow.set_experiment(experiment_id=self.experiment_id)
         if reused:
             for child in _parent.child_runs(self.client, self.experiment_id, run.info.run_id):
                 trial_key = child.data.tags.get(names.TAG_TRIAL_KEY)
@@ -185,7 +190,7 @@ class StudyTracker:
             handle = self._handles.get(key)
             return key in self._known or (handle is not None and handle.finished)
 
-    def _create_trial_run(self, handle: TrialRun, extra_tags: dict[str, Any] | None = None) -> Run:
+    def _create_trial_run(self, handle: TrialRun, extra_tags: dict[str, Any] | None) -> Run:
         if self.parent is None or self.experiment_id is None:
             raise RuntimeError("the study's parent run could not be opened")
         with self._lock:
@@ -250,12 +255,22 @@ class StudyTracker:
         )
 
     def _write_trial(self, handle: TrialRun, result: TrialResult, keep_model: bool) -> None:
+        try:
+            self._write_trial_run(handle, result, keep_model)
+        finally:
+            # Weights can be large: never keep them once written, nor finished handles.
+            handle.model = None
+            with self._lock:
+                if self._handles.get(handle.key) is handle:
+                    del self._handles[handle.key]
+
+    def _write_trial_run(self, handle: TrialRun, result: TrialResult, keep_model: bool) -> None:
         end_ms = result.end_ms or _batch.now_ms()
         start_ms = result.start_ms or handle.start_ms
         tags: dict[str, Any] = {
             names.TAG_STATE: result.state,
-            names.TAG_DATETIME_START: _iso(start_ms),
-            names.TAG_DATETIME_COMPLETE: _iso(end_ms),
+            names.TAG_DATETIME_START: _batch.iso(start_ms),
+            names.TAG_DATETIME_COMPLETE: _batch.iso(end_ms),
             **result.tags,
         }
         if result.error_class:
@@ -266,38 +281,41 @@ class StudyTracker:
             # Nobody needed the run while the trial ran: create it with every tag at once,
             # which saves the store a transaction per trial.
             handle.start_ms = start_ms
-            handle.bind(self._create_trial_run(handle, tags))
+            run = handle.run(tags)
             tags = {}
         run = handle.run()
         if handle.already_logged:
             return
-        metrics = [_batch.metric(name, value, 0, end_ms) for name, value in result.values.items()]
-        for name, points in result.histories.items():
-            metrics.extend(_batch.history(name, points))
-        metrics.append(
-            _batch.metric(
-                names.METRIC_N_OUTPUT_EXCEPTIONS, len(handle.output_exceptions), 0, end_ms
-            )
-        )
-        metrics.append(
-            _batch.metric(names.METRIC_DURATION, (end_ms - start_ms) / 1000.0, 0, end_ms)
-        )
-        params = {names.PARAM_TRIAL_NUMBER: handle.number, **result.params, **result.extra_params}
-        self.client.log_batch(
-            run.info.run_id, metrics=metrics, params=_batch.params(params), tags=_batch.tags(tags)
-        )
-        # A failed artifact or model write must still let the run end with its status.
-        with self.safety.guard(f"writing the artifacts of trial {handle.number}"):
-            self._write_artifacts(run, result, handle)
-        if keep_model:
-            with self.safety.guard(f"logging the model of trial {handle.number}"):
-                self._write_model(handle, run, params)
+        run_id = run.info.run_id
         status = names.RUN_STATUS_FOR_STATE.get(result.state, "FAILED")
-        self.client.set_terminated(run.info.run_id, status, end_ms)
+        try:
+            metrics = [_batch.metric(k, v, 0, end_ms) for k, v in result.values.items()]
+            for name, points in result.histories.items():
+                metrics.extend(_batch.history(name, points))
+            n_skipped = len(handle.output_exceptions)
+            metrics.append(_batch.metric(names.METRIC_N_OUTPUT_EXCEPTIONS, n_skipped, 0, end_ms))
+            duration = (end_ms - start_ms) / 1000.0
+            metrics.append(_batch.metric(names.METRIC_DURATION, duration, 0, end_ms))
+            params = {
+                names.PARAM_TRIAL_NUMBER: handle.number,
+                **result.params,
+                **result.extra_params,
+            }
+            self.client.log_batch(
+                run_id, metrics=metrics, params=_batch.params(params), tags=_batch.tags(tags)
+            )
+            with self.safety.guard(f"writing the artifacts of trial {handle.number}"):
+                self._write_artifacts(run, result, handle)
+            if keep_model:
+                with self.safety.guard(f"logging the model of trial {handle.number}"):
+                    self._write_model(handle, run, params)
+        finally:
+            # Whatever failed above, the run ends with the trial's status, never RUNNING.
+            self.client.set_terminated(run_id, status, end_ms)
 
     def _write_artifacts(self, run: Run, result: TrialResult, handle: TrialRun) -> None:
         with tempfile.TemporaryDirectory(prefix="mlflow-hpo-") as tmp:
-            _dump(
+            _batch.dump(
                 tmp,
                 names.ARTIFACT_HYPERPARAMETERS,
                 {
@@ -307,7 +325,7 @@ class StudyTracker:
                     "backend": self.backend,
                 },
             )
-            _dump(tmp, names.ARTIFACT_OUTPUT_EXCEPTIONS, list(handle.output_exceptions))
+            _batch.dump(tmp, names.ARTIFACT_OUTPUT_EXCEPTIONS, list(handle.output_exceptions))
             if result.error:
                 with open(os.path.join(tmp, names.ARTIFACT_ERROR), "w") as f:
                     f.write(result.error)
@@ -340,36 +358,10 @@ class StudyTracker:
         """Write the study summary to the parent run (queued behind pending trials)."""
         if not self.active:
             return
-        self.writer.submit("writing the study summary", lambda: self._write_summary(summary))
-
-    def _write_summary(self, summary: StudySummary) -> None:
-        assert self.parent is not None
-        parent_id = self.parent.info.run_id
-        metrics: dict[str, float] = {
-            f"{names.METRIC_N_TRIALS_PREFIX}{state.lower()}": n
-            for state, n in summary.counts.items()
-        }
-        tags: dict[str, Any] = {
-            names.TAG_LOGGING_WARNINGS: self.safety.warning_count,
-            **summary.tags,
-        }
-        if summary.best_key is not None:
-            metrics.update(
-                {f"{names.METRIC_BEST_PREFIX}{k}": v for k, v in summary.best_values.items()}
-            )
-            tags[names.TAG_BEST_TRIAL_NUMBER] = summary.best_number
-            best_run = self.run_id_for(summary.best_key)
-            if best_run:
-                tags[names.TAG_BEST_TRIAL_RUN_ID] = best_run
-            tags.update(
-                {f"{names.TAG_BEST_PARAM_PREFIX}{k}": v for k, v in summary.best_params.items()}
-            )
-        self.client.log_batch(parent_id, metrics=_batch.metrics(metrics), tags=_batch.tags(tags))
-        if summary.trials_csv is not None:
-            with tempfile.TemporaryDirectory(prefix="mlflow-hpo-") as tmp:
-                with open(os.path.join(tmp, names.ARTIFACT_TRIALS), "w") as f:
-                    f.write(summary.trials_csv)
-                get_artifact_repository(self.parent.info.artifact_uri).log_artifacts(tmp)
+        self.writer.submit(
+            "writing the study summary",
+            lambda: write_summary(self, summary),
+        )
 
     # ------------------------------------------------------------------- closing
     def open_handles(self) -> list[TrialRun]:
@@ -403,19 +395,3 @@ class StudyTracker:
             )
             self.client.set_terminated(self.parent.info.run_id, status)
         self.writer.close()
-
-
-def error_text(error: BaseException) -> str:
-    """The traceback of ``error`` as ``error.txt`` shows it."""
-    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
-
-
-def _dump(folder: str, name: str, payload: Any) -> None:
-    with open(os.path.join(folder, name), "w") as f:
-        json.dump(payload, f, indent=2, default=_batch.as_text)
-
-
-def _iso(ms: int) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()

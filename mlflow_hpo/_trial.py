@@ -63,12 +63,16 @@ class TrialRun:
     Args:
         key: Idempotency key, unique within the study (e.g. ``"17"``).
         number: The trial number shown to users.
-        create: Callable that creates (or finds) the MLflow run for this handle.
+        create: Callable ``(handle, tags)`` that creates (or finds) the MLflow run.
         start_ms: Trial start time.
     """
 
     def __init__(
-        self, key: str, number: int, create: Callable[[TrialRun], Run], start_ms: int
+        self,
+        key: str,
+        number: int,
+        create: Callable[[TrialRun, dict[str, Any] | None], Run],
+        start_ms: int,
     ) -> None:
         self.key = key
         self.number = number
@@ -80,25 +84,30 @@ class TrialRun:
         self.already_logged = False  # found terminal in the store (resumed study)
         self._create = create
         self._run: Run | None = None
+        self._error: Exception | None = None
         self._lock = threading.Lock()
 
     @property
     def created(self) -> bool:
         return self._run is not None
 
-    def run(self) -> Run:
-        """The MLflow run, created on first call (thread-safe, at most once)."""
+    def run(self, tags: dict[str, Any] | None = None) -> Run:
+        """The MLflow run, created on first call (thread-safe, at most once).
+
+        ``tags`` are written with the run if this call creates it; check :attr:`created`
+        before the call to know whether they still need writing.
+        """
         if self._run is None:
             with self._lock:
                 if self._run is None:
-                    self._run = self._create(self)
+                    if self._error is not None:
+                        raise self._error  # the store refused already: fail fast, no retry
+                    try:
+                        self._run = self._create(self, tags)
+                    except Exception as error:
+                        self._error = error
+                        raise
         return self._run
-
-    def bind(self, run: Run) -> None:
-        """Attach a run created elsewhere, unless one was created meanwhile."""
-        with self._lock:
-            if self._run is None:
-                self._run = run
 
     @property
     def run_id(self) -> str:

@@ -146,3 +146,33 @@ def test_top_k_keeps_only_k_models(client: MlflowClient, tracking_uri: str, digi
     alive = client.search_logged_models([experiment.experiment_id])
     kept_trials = sorted(int(m.tags[names.PARAM_TRIAL_NUMBER]) for m in alive)
     assert kept_trials == [1, 3]  # 0.5 and 0.9
+
+
+def test_fit_with_positional_callbacks_or_a_callback_list_still_works(
+    client: MlflowClient, tracking_uri: str, digits
+) -> None:
+    x, y = digits
+    seen: list[int] = []
+    probe = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
+
+    def objective(trial: optuna.Trial) -> float:
+        model, _ = _builder(1, 2)
+        if trial.number == 0:
+            model.fit(x[:64], y[:64], 32, 2, 0, [probe])  # batch, epochs, verbose, callbacks
+        else:
+            model.fit(
+                x[:64],
+                y[:64],
+                epochs=2,
+                verbose=0,
+                callbacks=keras.callbacks.CallbackList([probe], add_history=True, model=model),
+            )
+        return trial.suggest_float("x", 0, 1)
+
+    study = optuna.create_study()
+    with MlflowStudyCallback(experiment_name="pos", log_models="none") as tracker:
+        study.optimize(tracker.track(objective), n_trials=2, callbacks=[tracker])
+    assert seen == [0, 1, 0, 1]
+    _, trials = study_runs(client, "pos")
+    for run in trials:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1]

@@ -393,3 +393,99 @@ def test_runs_go_to_the_given_tracking_uri(tmp_path, monkeypatch) -> None:
     assert len(trials) == 2
     assert all_runs(MlflowClient(uri), "exp")
     mlflow.set_tracking_uri(None)
+
+
+def test_names_mlflow_rejects_are_cleaned_and_runs_still_end(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float("lr(adam)", 1e-4, 1e-1, log=True)
+
+    study = optuna.create_study()
+    with MlflowStudyCallback(experiment_name="exp") as tracker:
+        study.optimize(tracker.track(objective), n_trials=2, callbacks=[tracker])
+    parent, trials = study_runs(client, "exp")
+    assert all(t.info.status == "FINISHED" for t in trials)
+    assert "lr_adam_" in trials[0].data.params
+    hp = json.loads(_artifact(client, trials[0].info.run_id, names.ARTIFACT_HYPERPARAMETERS))
+    assert "lr(adam)" in hp["values"]  # the original name is kept where types are kept
+    assert names.TAG_BEST_PARAM_PREFIX + "lr_adam_" in parent.data.tags
+
+
+def test_study_nests_under_the_callers_run_even_with_worker_threads(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    mlflow.set_experiment("pipeline")
+    study = optuna.create_study()
+    with mlflow.start_run(run_name="pipeline") as outer, MlflowStudyCallback() as tracker:
+        study.optimize(
+            tracker.track(lambda t: t.suggest_float("x", 0, 1)),
+            n_trials=4,
+            n_jobs=2,
+            callbacks=[tracker],
+        )
+    parent, trials = study_runs(client, "pipeline")
+    assert parent.data.tags["mlflow.parentRunId"] == outer.info.run_id
+    assert len(trials) == 4
+
+
+def test_resuming_under_another_experiment_name_keeps_children_with_their_parent(
+    client: MlflowClient, tracking_uri: str, tmp_path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    for experiment in ("first", "second"):
+        with MlflowStudyCallback(experiment_name=experiment) as tracker:
+            study.optimize(
+                tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=2, callbacks=[tracker]
+            )
+            tracker(study, study.trials[0])  # retried callback for a trial of session one
+    _, trials = study_runs(client, "first")
+    assert [int(t.data.params["trial_number"]) for t in trials] == [0, 1, 2, 3]
+
+
+def test_sklearn_estimator_handed_over_is_logged_with_the_sklearn_flavor(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    import mlflow.sklearn
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_digits(return_X_y=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        model = LogisticRegression(C=trial.suggest_float("C", 0.01, 1, log=True), max_iter=200)
+        model.fit(x[:300], y[:300])
+        mlflow_hpo.log_model(model)
+        return float(model.score(x[300:400], y[300:400]))
+
+    study = optuna.create_study(direction="maximize")
+    with MlflowStudyCallback(experiment_name="exp", log_models="best") as tracker:
+        study.optimize(tracker.track(objective), n_trials=2, callbacks=[tracker])
+    parent, _ = study_runs(client, "exp")
+    best = client.get_run(parent.data.tags[names.TAG_BEST_TRIAL_RUN_ID])
+    model = mlflow.sklearn.load_model(best.data.tags[names.TAG_MODEL_URI])
+    assert model.score(x[300:400], y[300:400]) == pytest.approx(study.best_value)
+
+
+def test_non_blocking_trials_csv_has_every_run_id(client: MlflowClient, tracking_uri: str) -> None:
+    study = optuna.create_study()
+    with MlflowStudyCallback(experiment_name="exp", synchronous=False) as tracker:
+        study.optimize(
+            tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=6, callbacks=[tracker]
+        )
+    parent, trials = study_runs(client, "exp")
+    rows = _artifact(client, parent.info.run_id, names.ARTIFACT_TRIALS).splitlines()[1:]
+    assert sorted(row.split(",")[1] for row in rows) == sorted(t.info.run_id for t in trials)
+
+
+def test_a_second_study_on_one_tracker_is_reported(tracking_uri: str) -> None:
+    tracker = MlflowStudyCallback(experiment_name="exp")
+    with tracker:
+        optuna.create_study().optimize(
+            tracker.track(lambda t: 1.0), n_trials=1, callbacks=[tracker]
+        )
+        with pytest.raises(ConfigurationError, match="one MlflowStudyCallback per study"):
+            optuna.create_study().optimize(
+                tracker.track(lambda t: 1.0), n_trials=1, callbacks=[tracker]
+            )

@@ -13,7 +13,8 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from mlflow_hpo import _keras, names
-from mlflow_hpo._tracker import StudyTracker, error_text
+from mlflow_hpo._batch import error_text
+from mlflow_hpo._tracker import StudyTracker
 from mlflow_hpo._trial import TrialRun, activate
 from mlflow_hpo.errors import ConfigurationError
 from mlflow_hpo.optuna import _convert
@@ -90,6 +91,7 @@ class MlflowStudyCallback:
         self._names: list[str] = []
         self._in_context = False
         self._best_logged: int | None = None
+        self._warned_other_study = False
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------- public surface
@@ -122,7 +124,9 @@ class MlflowStudyCallback:
             handle = self._start(trial)
             if handle is None:
                 return objective(trial, *args, **kwargs)
-            _keras.register_live_logger(handle, self._tracker.log_live)
+            _keras.register_live_logger(
+                handle, self._tracker.log_live, self._tracker.policy.enabled
+            )
             try:
                 with activate(handle):
                     return objective(trial, *args, **kwargs)
@@ -182,6 +186,17 @@ class MlflowStudyCallback:
             same = study._study_id == self._study._study_id and (
                 study.study_name == self._study.study_name
             )
+            if not same and not self._warned_other_study:
+                self._warned_other_study = True
+                self._tracker.safety.report(
+                    f"tracking study {study.study_name!r}",
+                    ConfigurationError(
+                        "study",
+                        f"the study this tracker already logs ({self._study.study_name!r})",
+                        study.study_name,
+                        "Create one MlflowStudyCallback per study.",
+                    ),
+                )
             return same and self._tracker.active
         with self._lock:
             if self._study is None:
@@ -253,8 +268,7 @@ class MlflowStudyCallback:
                 self._write_summary(study, with_table=False)
 
     def _write_summary(self, study: optuna.Study, with_table: bool) -> None:
-        run_ids = self._tracker.known_run_ids()
-        self._tracker.summarize(_convert.summary(study, self._names, run_ids, with_table))
+        self._tracker.summarize(_convert.summary(study, self._names, with_table))
 
     def _reconcile(self) -> None:
         """Finish trials whose callback never ran here (no ``callbacks=[tracker]``)."""

@@ -22,8 +22,8 @@ from mlflow.tracking.fluent import ActiveRun
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from mlflow_hpo import _batch, _parent, names
+from mlflow_hpo._batch import error_text
 from mlflow_hpo._safety import Safety
-from mlflow_hpo._tracker import error_text
 from mlflow_hpo._trial import active_run_in_thread
 from mlflow_hpo._validate import validate_bool, validate_tracking_uri
 from mlflow_hpo.errors import ConfigurationError

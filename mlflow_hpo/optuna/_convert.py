@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mlflow_hpo import _parent, names
-from mlflow_hpo._tracker import StudySummary
+from mlflow_hpo._summary import StudySummary
 from mlflow_hpo._trial import TrialResult
 
 PARENT_ATTR = "mlflow_hpo:parent_run_id"
@@ -116,9 +116,7 @@ def to_result(
     )
 
 
-def summary(
-    study: optuna.Study, metric_names: list[str], run_ids: dict[str, str], with_table: bool
-) -> StudySummary:
+def summary(study: optuna.Study, metric_names: list[str], with_table: bool) -> StudySummary:
     """The parent-run summary of ``study``, computed by Optuna itself."""
     trials = study.get_trials(deepcopy=False)
     # Every state gets a count, zero included, so a stale "running" count never lingers.
@@ -141,6 +139,10 @@ def summary(
         out.best_params = dict(best.params)
     if with_table and trials:
         frame = study.trials_dataframe()
-        frame.insert(1, "run_id", [run_ids.get(str(n), "") for n in frame["number"]])
-        out.trials_csv = frame.to_csv(index=False)
+
+        def table(run_ids: dict[str, str]) -> str:
+            frame.insert(1, "run_id", [run_ids.get(str(n), "") for n in frame["number"]])
+            return str(frame.to_csv(index=False))
+
+        out.trials_table = table
     return out

@@ -1,0 +1,85 @@
+"""The README's main job and the MLproject entry point, run the way a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import all_runs, study_runs
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(uri: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HPO_STRICT": "1"}
+
+
+def test_optuna_example_tracks_a_study_and_prints_the_ui_command(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "optuna_digits.py"),
+            "--n-trials",
+            "4",
+            "--epochs",
+            "3",
+        ],
+        cwd=tmp_path,
+        env=_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].endswith(f"mlflow ui --backend-store-uri {uri}")
+    client = MlflowClient(uri)
+    parent, trials = study_runs(client, "digits-optuna")
+    assert len(trials) == 4
+    assert parent.info.status == "FINISHED"
+    assert sum(t.data.metrics["n_output_exceptions"] for t in trials) > 0
+    best = client.get_run(parent.data.tags["mlflow_hpo.best_trial_run_id"])
+    assert "mlflow_hpo.model_uri" in best.data.tags
+
+
+def test_mlflow_run_entry_point_nests_the_study_under_the_project_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(ROOT),
+            "-e",
+            "optuna",
+            "-P",
+            "n_trials=2",
+            "-P",
+            "epochs=1",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "project",
+        ],
+        cwd=tmp_path,
+        env=_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = all_runs(client, "project")
+    top_level = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top_level) == 1, "mlflow run must not end up with a second top-level run"
+    project_run = top_level[0]
+    parent, trials = study_runs(client, "project")
+    assert parent.data.tags["mlflow.parentRunId"] == project_run.info.run_id
+    assert len(trials) == 2
+    assert project_run.info.status == "FINISHED"
