@@ -84,6 +84,7 @@ def install_fit_hook() -> None:
             if handle is None or live is None:
                 return original(self, *args, **kwargs)
             log, capture_model = live
+            handle.fits += 1
             call_args, call_kwargs = args, kwargs
             try:
                 call_args, call_kwargs = _with_logger(

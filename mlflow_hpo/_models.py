@@ -179,6 +179,13 @@ def log_model(
     )
     # Flavors name their model argument differently (keras: model, sklearn: sk_model).
     model_argument = next(iter(inspect.signature(flavor.save_model).parameters))
+    # The flavor's default requirements: inferring them would cost seconds per model.
+    extra: dict[str, Any] = {"pip_requirements": flavor.get_default_pip_requirements()}
+    if flavor.__name__ == "mlflow.sklearn":
+        # MLflow's skops default refuses common estimators (trees, forests) unless every
+        # type is listed as trusted; cloudpickle reloads any estimator, as MLflow 2 did.
+        extra["serialization_format"] = flavor.SERIALIZATION_FORMAT_CLOUDPICKLE
+        extra["pip_requirements"] = flavor.get_default_pip_requirements(include_cloudpickle=True)
     info = Model.log(
         artifact_path=None,
         name=names.MODEL_ARTIFACT,
@@ -186,6 +193,6 @@ def log_model(
         **{model_argument: obj},
         run_id=run.info.run_id,
         model_id=logged.model_id,
-        pip_requirements=flavor.get_default_pip_requirements(),
+        **extra,
     )
     return str(info.model_uri), str(logged.model_id)

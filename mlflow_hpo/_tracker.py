@@ -106,6 +106,8 @@ class StudyTracker:
     ) -> str | None:
         """Find or create the parent run (idempotent, thread-safe); return its id."""
         with self._lock:
+            if self.closed:  # a new session of the same study (e.g. search() called again)
+                self.closed, self.parent = False, None
             if self.parent is not None or self._open_failed:
                 return self.parent_run_id
             self.policy.directions = list(directions or ["minimize"])
@@ -248,7 +250,8 @@ class StudyTracker:
         with self.safety.guard("choosing whether to log the model"):
             if result.state == names.STATE_COMPLETE and result.values:
                 values = [float(result.values[n]) for n in result.values]
-                keep_model = self.policy.decide(handle.key, values) and handle.model is not None
+                has_model = handle.model is not None or handle.model_loader is not None
+                keep_model = self.policy.decide(handle.key, values) and has_model
         self.writer.submit(
             f"logging trial {handle.number}",
             lambda: self._write_trial(handle, result, keep_model),
@@ -260,6 +263,7 @@ class StudyTracker:
         finally:
             # Weights can be large: never keep them once written, nor finished handles.
             handle.model = None
+            handle.model_loader = None
             with self._lock:
                 if self._handles.get(handle.key) is handle:
                     del self._handles[handle.key]
@@ -340,7 +344,8 @@ class StudyTracker:
             names.PARAM_TRIAL_NUMBER: str(handle.number),
         }
         as_params = {p.key: p.value for p in _batch.params(params)}
-        uri, model_id = _models.log_model(self.client, handle.model, run, tags, as_params)
+        model = handle.model if handle.model is not None else handle.model_loader()  # type: ignore[misc]
+        uri, model_id = _models.log_model(self.client, model, run, tags, as_params)
         self.client.set_tag(run.info.run_id, names.TAG_MODEL_URI, uri)
         for evicted in self.policy.kept(handle.key, model_id):
             self.client.delete_logged_model(evicted)

@@ -79,7 +79,11 @@ class TrialRun:
         self.start_ms = start_ms
         self.output_exceptions: list[str] = []
         self.model: Any = None
+        # Produces the model only if the policy keeps it (e.g. Keras Tuner's best checkpoint).
+        self.model_loader: Callable[[], Any] | None = None
         self.model_explicit = False
+        self.fits = 0  # Keras fit() calls so far: one per execution in Keras Tuner
+        self._guarded_at_fit = -1
         self.finished = False
         self.already_logged = False  # found terminal in the store (resumed study)
         self._create = create
@@ -116,6 +120,13 @@ class TrialRun:
     def add_output_exceptions(self, layer_names: list[str]) -> None:
         """Record layers the model builder had to skip (see ``LayerGuard``)."""
         self.output_exceptions.extend(str(n) for n in layer_names)
+
+    def new_guard(self) -> None:
+        """A ``LayerGuard`` starts: a build after a ``fit`` is a rebuild of the same trial
+        (another execution), whose list replaces the previous build's instead of adding."""
+        if self._guarded_at_fit != self.fits:
+            self.output_exceptions.clear()
+            self._guarded_at_fit = self.fits
 
 
 _CURRENT: ContextVar[TrialRun | None] = ContextVar("mlflow_hpo_current_trial", default=None)

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from mlflow_hpo._safety import Safety
 
 _Task = tuple[str, Callable[[], Any]]
+LINGER_S = 0.01
 _LIVE_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
 
@@ -80,6 +82,12 @@ class RunWriter:
     def _work(self) -> None:
         while True:
             item = self._queue.get()
+            if item is not None and self._queue.qsize() == 0:
+                # Linger briefly after a burst starts: the caller is usually finishing its own
+                # bookkeeping (Optuna's tell/ask, the sampler) right after submitting, and
+                # competing with it for the GIL would slow the search more than a short wait
+                # slows the writes.
+                time.sleep(LINGER_S)
             try:
                 if item is None:
                     return

@@ -68,6 +68,8 @@ class LayerGuard:
         self.shape: tuple[Any, ...] = tuple(shape)
         self.exceptions: list[str] = []
         self._trial = current_trial()
+        if self._trial is not None:
+            self._trial.new_guard()
         install_fit_hook()
 
     def fits(self, layer: Any) -> tuple[Any, ...] | None:

@@ -27,6 +27,8 @@ TAG_MODEL_URI = "mlflow_hpo.model_uri"
 TAG_DATETIME_START = "mlflow_hpo.datetime_start"
 TAG_DATETIME_COMPLETE = "mlflow_hpo.datetime_complete"
 TAG_USER_ATTR_PREFIX = "user_attr."
+TAG_BEST_STEP = "mlflow_hpo.best_step"  # Keras Tuner: the epoch its checkpoint comes from
+TAG_CONTINUES_RUN_ID = "mlflow_hpo.continues_run_id"  # Hyperband: run of tuner/trial_id
 
 # --- tags on study runs ---
 TAG_DIRECTIONS = "mlflow_hpo.directions"
@@ -44,6 +46,7 @@ METRIC_N_OUTPUT_EXCEPTIONS = "n_output_exceptions"
 METRIC_DURATION = "trial_duration_s"
 METRIC_INTERMEDIATE = "intermediate_value"
 METRIC_EPOCH_PREFIX = "epoch_"  # a Keras epoch metric named like an objective: epoch_<name>
+METRIC_EXECUTION_PREFIX = "execution_{index}/"  # Keras Tuner executions_per_trial > 1
 
 # --- metrics on study runs ---
 METRIC_BEST_PREFIX = "best_"  # best_<objective name>
