@@ -84,8 +84,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--sleep-ms", type=float, default=50.0)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="variants run interleaved this many times; medians are reported")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="variants run interleaved this many times; medians are reported",
+    )
     args = parser.parse_args()
 
     print(f"Part 1: trivial objective, {args.trials} trials, median of {args.rounds} rounds")

@@ -56,7 +56,7 @@ def write_summary(tracker: StudyTracker, summary: StudySummary) -> None:
         parent.info.run_id, metrics=_batch.metrics(metrics), tags=_batch.tags(tags)
     )
     if summary.trials_table is not None:
-        table = summary.trials_table(tracker.known_run_ids())
+        table = summary.trials_table(tracker.all_run_ids())
         with tempfile.TemporaryDirectory(prefix="mlflow-hpo-") as tmp:
             with open(os.path.join(tmp, names.ARTIFACT_TRIALS), "w") as f:
                 f.write(table)

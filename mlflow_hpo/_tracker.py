@@ -10,7 +10,6 @@ explicit :class:`~mlflow.MlflowClient` with run ids and through the safety contr
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import warnings
 from typing import Any
@@ -18,10 +17,9 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import fluent
 
-from mlflow_hpo import _batch, _models, _parent, names
+from mlflow_hpo import _batch, _models, _parent, _record, names
 from mlflow_hpo._safety import Safety
 from mlflow_hpo._summary import StudySummary, write_summary
 from mlflow_hpo._trial import TrialResult, TrialRun
@@ -186,6 +184,19 @@ class StudyTracker:
         with self._lock:
             return dict(self._known)
 
+    def all_run_ids(self) -> dict[str, str]:
+        """Trial key -> run id for every trial run of the study in the store (one search),
+        including those other processes wrote (e.g. distributed workers)."""
+        runs = dict(self.known_run_ids())
+        if self.parent is not None and self.experiment_id is not None:
+            for child in _parent.child_runs(
+                self.client, self.experiment_id, self.parent.info.run_id
+            ):
+                key = child.data.tags.get(names.TAG_TRIAL_KEY)
+                if key is not None:
+                    runs.setdefault(key, child.info.run_id)
+        return runs
+
     def is_logged(self, key: str) -> bool:
         """Whether trial ``key`` already has a run (from this or an earlier process)."""
         with self._lock:
@@ -228,7 +239,7 @@ class StudyTracker:
         column must hold the objective value only (a pruned trial has none), never the last
         epoch's value.
         """
-        if not self.active:
+        if not self.active or handle.already_logged:
             return
         renamed = {
             (f"{names.METRIC_EPOCH_PREFIX}{k}" if k in self.objective_names else k): v
@@ -252,6 +263,11 @@ class StudyTracker:
                 values = [float(result.values[n]) for n in result.values]
                 has_model = handle.model is not None or handle.model_loader is not None
                 keep_model = self.policy.decide(handle.key, values) and has_model
+                if keep_model and handle.model_loader is not None:
+                    # Load here, in the tuning thread: Keras Tuner's load_model calls
+                    # keras.backend.clear_session(), whose reset of Keras's name counters
+                    # would break a model the tuner builds meanwhile if run on the writer.
+                    handle.model = handle.model_loader()
         self.writer.submit(
             f"logging trial {handle.number}",
             lambda: self._write_trial(handle, result, keep_model),
@@ -259,7 +275,7 @@ class StudyTracker:
 
     def _write_trial(self, handle: TrialRun, result: TrialResult, keep_model: bool) -> None:
         try:
-            self._write_trial_run(handle, result, keep_model)
+            _record.write_trial(self, handle, result, keep_model)
         finally:
             # Weights can be large: never keep them once written, nor finished handles.
             handle.model = None
@@ -267,88 +283,6 @@ class StudyTracker:
             with self._lock:
                 if self._handles.get(handle.key) is handle:
                     del self._handles[handle.key]
-
-    def _write_trial_run(self, handle: TrialRun, result: TrialResult, keep_model: bool) -> None:
-        end_ms = result.end_ms or _batch.now_ms()
-        start_ms = result.start_ms or handle.start_ms
-        tags: dict[str, Any] = {
-            names.TAG_STATE: result.state,
-            names.TAG_DATETIME_START: _batch.iso(start_ms),
-            names.TAG_DATETIME_COMPLETE: _batch.iso(end_ms),
-            **result.tags,
-        }
-        if result.error_class:
-            tags[names.TAG_ERROR_CLASS] = result.error_class
-        if result.pruned_step is not None:
-            tags[names.TAG_PRUNED_STEP] = result.pruned_step
-        if not handle.created:
-            # Nobody needed the run while the trial ran: create it with every tag at once,
-            # which saves the store a transaction per trial.
-            handle.start_ms = start_ms
-            run = handle.run(tags)
-            tags = {}
-        run = handle.run()
-        if handle.already_logged:
-            return
-        run_id = run.info.run_id
-        status = names.RUN_STATUS_FOR_STATE.get(result.state, "FAILED")
-        try:
-            metrics = [_batch.metric(k, v, 0, end_ms) for k, v in result.values.items()]
-            for name, points in result.histories.items():
-                metrics.extend(_batch.history(name, points))
-            n_skipped = len(handle.output_exceptions)
-            metrics.append(_batch.metric(names.METRIC_N_OUTPUT_EXCEPTIONS, n_skipped, 0, end_ms))
-            duration = (end_ms - start_ms) / 1000.0
-            metrics.append(_batch.metric(names.METRIC_DURATION, duration, 0, end_ms))
-            params = {
-                names.PARAM_TRIAL_NUMBER: handle.number,
-                **result.params,
-                **result.extra_params,
-            }
-            self.client.log_batch(
-                run_id, metrics=metrics, params=_batch.params(params), tags=_batch.tags(tags)
-            )
-            with self.safety.guard(f"writing the artifacts of trial {handle.number}"):
-                self._write_artifacts(run, result, handle)
-            if keep_model:
-                with self.safety.guard(f"logging the model of trial {handle.number}"):
-                    self._write_model(handle, run, params)
-        finally:
-            # Whatever failed above, the run ends with the trial's status, never RUNNING.
-            self.client.set_terminated(run_id, status, end_ms)
-
-    def _write_artifacts(self, run: Run, result: TrialResult, handle: TrialRun) -> None:
-        with tempfile.TemporaryDirectory(prefix="mlflow-hpo-") as tmp:
-            _batch.dump(
-                tmp,
-                names.ARTIFACT_HYPERPARAMETERS,
-                {
-                    "values": result.params,
-                    "distributions": result.distributions,
-                    "trial_number": handle.number,
-                    "backend": self.backend,
-                },
-            )
-            _batch.dump(tmp, names.ARTIFACT_OUTPUT_EXCEPTIONS, list(handle.output_exceptions))
-            if result.error:
-                with open(os.path.join(tmp, names.ARTIFACT_ERROR), "w") as f:
-                    f.write(result.error)
-            # One copy for all files, straight to the run's artifact root (no get_run).
-            get_artifact_repository(run.info.artifact_uri).log_artifacts(tmp)
-
-    def _write_model(self, handle: TrialRun, run: Run, params: dict[str, Any]) -> None:
-        key = self.parent.data.tags.get(names.TAG_STUDY_KEY, "") if self.parent else ""
-        tags = {
-            names.TAG_TRIAL_KEY: handle.key,
-            names.TAG_STUDY_KEY: key,
-            names.PARAM_TRIAL_NUMBER: str(handle.number),
-        }
-        as_params = {p.key: p.value for p in _batch.params(params)}
-        model = handle.model if handle.model is not None else handle.model_loader()  # type: ignore[misc]
-        uri, model_id = _models.log_model(self.client, model, run, tags, as_params)
-        self.client.set_tag(run.info.run_id, names.TAG_MODEL_URI, uri)
-        for evicted in self.policy.kept(handle.key, model_id):
-            self.client.delete_logged_model(evicted)
 
     # ------------------------------------------------------------- study summary
     def run_id_for(self, key: str) -> str | None:
@@ -383,8 +317,12 @@ class StudyTracker:
         """Wait until everything queued has been written."""
         self.writer.flush()
 
-    def close(self, status: str = "FINISHED") -> None:
-        """End open trials as KILLED, flush, and end the parent run with ``status``."""
+    def close(self, status: str = "FINISHED", end_parent: bool = True) -> None:
+        """End open trials as KILLED, flush, and end the parent run with ``status``.
+
+        ``end_parent=False`` (a distributed worker) leaves the parent to the process that
+        owns it; this process's warning count still goes on as its own tag.
+        """
         with self._lock:
             if self.closed or self.parent is None:
                 self.closed = True
@@ -395,8 +333,16 @@ class StudyTracker:
         with self._lock:
             self.closed = True
         with self.safety.guard("ending the study's parent run"):
-            self.client.set_tag(
-                self.parent.info.run_id, names.TAG_LOGGING_WARNINGS, str(self.safety.warning_count)
-            )
-            self.client.set_terminated(self.parent.info.run_id, status)
+            parent_id = self.parent.info.run_id
+            if end_parent:
+                self.client.set_tag(
+                    parent_id, names.TAG_LOGGING_WARNINGS, str(self.safety.warning_count)
+                )
+                self.client.set_terminated(parent_id, status)
+            elif self.safety.warning_count:
+                self.client.set_tag(
+                    parent_id,
+                    f"{names.TAG_LOGGING_WARNINGS}.{os.getpid()}",
+                    str(self.safety.warning_count),
+                )
         self.writer.close()

@@ -29,6 +29,8 @@ TAG_DATETIME_COMPLETE = "mlflow_hpo.datetime_complete"
 TAG_USER_ATTR_PREFIX = "user_attr."
 TAG_BEST_STEP = "mlflow_hpo.best_step"  # Keras Tuner: the epoch its checkpoint comes from
 TAG_CONTINUES_RUN_ID = "mlflow_hpo.continues_run_id"  # Hyperband: run of tuner/trial_id
+TAG_KT_STATUS = "keras_tuner.status"  # COMPLETED, FAILED or INVALID, as Keras Tuner says
+TAG_KT_TUNER_ID = "keras_tuner.tuner_id"  # which (distributed) tuner ran the trial
 
 # --- tags on study runs ---
 TAG_DIRECTIONS = "mlflow_hpo.directions"
@@ -37,6 +39,9 @@ TAG_BEST_TRIAL_RUN_ID = "mlflow_hpo.best_trial_run_id"
 TAG_BEST_TRIAL_NUMBER = "mlflow_hpo.best_trial_number"
 TAG_BEST_PARAM_PREFIX = "mlflow_hpo.best_param."
 TAG_LOGGING_WARNINGS = "mlflow_hpo.logging_warnings"
+TAG_PARETO_TRIALS = "mlflow_hpo.pareto_trials"
+TAG_KT_TUNER = "keras_tuner.tuner"  # the tuner class
+TAG_KT_PROJECT_DIR = "keras_tuner.project_dir"
 
 # --- params ---
 PARAM_TRIAL_NUMBER = "trial_number"

@@ -47,6 +47,30 @@ def test_optuna_example_tracks_a_study_and_prints_the_ui_command(tmp_path: Path)
     assert "mlflow_hpo.model_uri" in best.data.tags
 
 
+def test_keras_tuner_example_tracks_a_hyperband_search(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "keras_tuner_digits.py"),
+            "--max-epochs",
+            "2",
+            "--directory",
+            str(tmp_path / "kt"),
+        ],
+        cwd=tmp_path,
+        env=_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].endswith(f"mlflow ui --backend-store-uri {uri}")
+    parent, trials = study_runs(MlflowClient(uri), "digits-keras-tuner")
+    assert parent.data.tags["mlflow_hpo.backend"] == "keras_tuner"
+    assert trials and all(t.info.status == "FINISHED" for t in trials)
+
+
 def test_mlflow_run_entry_point_nests_the_study_under_the_project_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(

@@ -40,16 +40,27 @@ SCRIPT = textwrap.dedent("""
 
 def test_chief_and_two_workers_log_into_one_parent(tmp_path: Path) -> None:
     port = free_port()
-    with postgres_database() as backend, \
-            mlflow_server(backend, tmp_path / "artifacts", free_port()) as url:
-        base = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_HPO_STRICT": "1",
-                "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+    with (
+        postgres_database() as backend,
+        mlflow_server(backend, tmp_path / "artifacts", free_port()) as url,
+    ):
+        base = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": url,
+            "MLFLOW_HPO_STRICT": "1",
+            "KERASTUNER_ORACLE_IP": "127.0.0.1",
+            "KERASTUNER_ORACLE_PORT": str(port),
+        }
         procs = {}
         for tuner_id in ("chief", "tuner0", "tuner1"):
             env = {**base, "KERASTUNER_TUNER_ID": tuner_id}
             procs[tuner_id] = subprocess.Popen(
-                [sys.executable, "-c", SCRIPT, str(tmp_path / f"kt-{tuner_id}")], env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                [sys.executable, "-c", SCRIPT, str(tmp_path / f"kt-{tuner_id}")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         for tuner_id, proc in procs.items():
             out, _ = proc.communicate(timeout=400)
             assert proc.returncode == 0, f"{tuner_id}:\n{out[-3000:]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from typing import Any
 
 from keras_tuner.src.engine import trial as trial_module
@@ -44,9 +45,11 @@ def to_result(trial: Any, objective: list[str]) -> TrialResult:
     values: dict[str, float] = {}
     if state == names.STATE_COMPLETE and trial.score is not None:
         values = {objective[0]: float(trial.score)}
-    tags: dict[str, Any] = {"keras_tuner.status": trial.status}
+    tags: dict[str, Any] = {names.TAG_KT_STATUS: trial.status}
     if trial.best_step is not None and state == names.STATE_COMPLETE:
-        tags[names.TAG_BEST_STEP] = trial.best_step
+        # Keras Tuner counts from the start of this fit; Hyperband continues at initial_epoch.
+        initial = int(trial.hyperparameters.values.get("tuner/initial_epoch", 0) or 0)
+        tags[names.TAG_BEST_STEP] = int(trial.best_step) + initial
     error = trial.message if state == names.STATE_FAIL else None
     return TrialResult(
         state=state,
@@ -69,10 +72,16 @@ def _error_class(message: str) -> str | None:
     return head.rsplit(".", 1)[-1]
 
 
-def summary(oracle: Any, objective: list[str], with_table: bool, full: bool = True
-            ) -> StudySummary:
+def summary(
+    oracle: Any,
+    objective: list[str],
+    with_table: bool,
+    full: bool = True,
+    key_of: Callable[[Any], str] = str,
+) -> StudySummary:
     """The parent-run summary from the oracle; ``full=False`` (a distributed worker, whose
-    oracle is a client) writes only the best trial, leaving counts and table to the chief."""
+    oracle is a client) writes only the best trial, leaving counts and table to the chief.
+    ``key_of`` maps a trial id to the tracker key of its latest attempt."""
     out = StudySummary()
     trials = list(getattr(oracle, "trials", {}).values()) if full else []
     if trials:
@@ -80,12 +89,13 @@ def summary(oracle: Any, objective: list[str], with_table: bool, full: bool = Tr
         for t in trials:
             state = _STATES.get(t.status, t.status)
             counts[state] = counts.get(state, 0) + 1
-        for state in (names.STATE_COMPLETE, names.STATE_FAIL):
+        # Zeros too, so a count from an earlier summary (e.g. "running") never lingers.
+        for state in (names.STATE_COMPLETE, names.STATE_FAIL, "RUNNING", "IDLE", "STOPPED"):
             counts.setdefault(state, 0)
         out.counts = counts
     best = oracle.get_best_trials(1)
     if best and best[0].score is not None:
-        out.best_key = str(best[0].trial_id)
+        out.best_key = key_of(best[0].trial_id)
         out.best_number = int(best[0].trial_id)
         out.best_values = {objective[0]: float(best[0].score)}
         out.best_params = active_values(best[0])
@@ -101,7 +111,7 @@ def summary(oracle: Any, objective: list[str], with_table: bool, full: bool = Tr
                 writer.writerow(
                     [
                         trial_id,
-                        run_ids.get(trial_id, ""),
+                        run_ids.get(key_of(trial_id), ""),
                         status,
                         score,
                         step,

@@ -9,6 +9,8 @@ it. Nothing here counts directories: the trial id comes from the trial itself.
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import os
 import uuid
@@ -20,7 +22,8 @@ from keras_tuner.src.distribute import utils as dist_utils
 
 from mlflow_hpo import _batch, _keras, _parent, names
 from mlflow_hpo._tracker import StudyTracker
-from mlflow_hpo._trial import TrialRun, activate
+from mlflow_hpo._trial import TrialResult, TrialRun, activate
+from mlflow_hpo._validate import validate_bool
 from mlflow_hpo.keras_tuner import _convert
 
 STATE_FILE = "mlflow_hpo.json"  # in the tuner's project directory, beside oracle.json
@@ -40,6 +43,11 @@ class MlflowTunerMixin:
             with ``tuner.load_model``, as an MLflow ``keras`` model.
         synchronous: ``False`` writes from a background thread.
         strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
+        freeze_gc: Keras Tuner runs a full ``gc.collect()`` before every build. The tracking
+            store brings in SQLAlchemy and Alembic (~150k long-lived objects) that each of
+            those collections would walk again. With ``True`` (default) the search runs
+            between ``gc.freeze()`` and ``gc.unfreeze()``, so objects alive when it starts
+            are skipped by the collections inside it and collected normally afterwards.
         *args, **kwargs: Passed to the tuner unchanged.
 
     Raises:
@@ -61,6 +69,7 @@ class MlflowTunerMixin:
         log_models: str | int = "best",
         synchronous: bool = True,
         strict: bool | None = None,
+        freeze_gc: bool = True,
         **kwargs: Any,
     ) -> None:
         self._mlflow = StudyTracker(
@@ -73,7 +82,9 @@ class MlflowTunerMixin:
         )
         self._mlflow_open_trials: dict[str, tuple[TrialRun, ExitStack]] = {}
         self._mlflow_attempts: dict[str, int] = {}
+        self._mlflow_keys: dict[str, str] = {}  # trial id -> key of its latest attempt
         self._mlflow_best: str | None = None
+        self._mlflow_freeze_gc = validate_bool("freeze_gc", freeze_gc)
         super().__init__(*args, **kwargs)
 
     @property
@@ -89,23 +100,40 @@ class MlflowTunerMixin:
     def search(self, *fit_args: Any, **fit_kwargs: Any) -> Any:
         with self._mlflow.safety.guard("opening the study's parent run"):
             self._mlflow_open()
+        if self._mlflow_freeze_gc:
+            gc.collect()  # never freeze garbage
+            gc.freeze()
         status = "FINISHED"
         try:
             return super().search(*fit_args, **fit_kwargs)  # type: ignore[misc]
         except KeyboardInterrupt:
             status = "KILLED"
             raise
-        except BaseException:
+        except BaseException as error:
+            # e.g. Keras Tuner's FatalError: on_trial_end never runs for the trial it hit.
             status = "FAILED"
+            for handle, _ in list(self._mlflow_open_trials.values()):
+                self._mlflow.finish(
+                    handle,
+                    TrialResult(
+                        state=names.STATE_FAIL,
+                        error=_batch.error_text(error),
+                        error_class=type(error).__name__,
+                    ),
+                )
             raise
         finally:
+            if self._mlflow_freeze_gc:
+                gc.unfreeze()
             for handle, stack in list(self._mlflow_open_trials.values()):
                 stack.close()
                 _keras.unregister_live_logger(handle)
             self._mlflow_open_trials.clear()
             with self._mlflow.safety.guard("writing the study summary"):
                 self._mlflow_summary(with_table=True)
-            self._mlflow.close(status)
+            # Distributed workers finish at different times: only the chief ends the parent.
+            worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
+            self._mlflow.close(status, end_parent=not worker)
 
     def on_trial_begin(self, trial: Any) -> None:
         super().on_trial_begin(trial)  # type: ignore[misc]
@@ -116,8 +144,11 @@ class MlflowTunerMixin:
             stack = ExitStack()
             stack.enter_context(activate(handle))
             _keras.install_fit_hook()
-            # Epochs come from the fit hook; the model comes from the best checkpoint.
-            _keras.register_live_logger(handle, self._mlflow_log_epoch, capture_model=False)
+            # Epochs come from the fit hook; so does the trained model, into which the best
+            # epoch's checkpoint is loaded if the policy keeps it.
+            _keras.register_live_logger(
+                handle, self._mlflow_log_epoch, capture_model=self._mlflow.policy.enabled
+            )
             self._mlflow_open_trials[trial.trial_id] = (handle, stack)
 
     def on_trial_end(self, trial: Any) -> None:
@@ -134,10 +165,23 @@ class MlflowTunerMixin:
 
     # ------------------------------------------------------------------ internals
     def _mlflow_key(self, trial: Any) -> str:
-        """Trial id, plus the attempt when the oracle retries an INVALID trial."""
-        attempt = self._mlflow_attempts.get(trial.trial_id, 0)
-        self._mlflow_attempts[trial.trial_id] = attempt + 1
-        return str(trial.trial_id) if attempt == 0 else f"{trial.trial_id}-retry{attempt}"
+        """Trial id, plus the attempt when the trial runs again: the oracle retries INVALID
+        trials, and a resumed search re-runs the trial an interrupt left unfinished, both
+        under the same trial id. An attempt that already has a run is never written over."""
+        trial_id = str(trial.trial_id)
+        attempt = self._mlflow_attempts.get(trial_id, 0)
+        while True:
+            key = trial_id if attempt == 0 else f"{trial_id}-retry{attempt}"
+            attempt += 1
+            if not self._mlflow.is_logged(key):
+                break
+        self._mlflow_attempts[trial_id] = attempt
+        self._mlflow_keys[trial_id] = key
+        return key
+
+    def _mlflow_key_of(self, trial_id: Any) -> str:
+        """The key of the latest attempt of ``trial_id`` (what summaries point at)."""
+        return self._mlflow_keys.get(str(trial_id), str(trial_id))
 
     def _mlflow_log_epoch(self, handle: TrialRun, logs: dict[str, Any], epoch: int) -> None:
         if getattr(self, "executions_per_trial", 1) > 1:
@@ -157,8 +201,11 @@ class MlflowTunerMixin:
         location, state_path = self._mlflow_location()
         state: dict[str, Any] = {}
         if state_path is not None and os.path.exists(state_path):
-            with open(state_path) as f:
-                state = json.load(f)
+            try:
+                with open(state_path) as f:
+                    state = dict(json.load(f))
+            except (OSError, ValueError, TypeError):
+                state = {}  # unreadable: start a new study rather than no tracking at all
         # A project directory recreated by overwrite=True is a new study: new nonce, new key.
         state.setdefault("study_nonce", uuid.uuid4().hex)
         oracle = self.oracle  # type: ignore[attr-defined]
@@ -170,13 +217,16 @@ class MlflowTunerMixin:
             known_parent_id=state.get("parent_run_id"),
             directions=_convert.directions(oracle),
             objective_names=_convert.objective_names(oracle),
-            tags={"keras_tuner.tuner": type(self).__name__, "keras_tuner.project_dir": location},
+            tags={names.TAG_KT_TUNER: type(self).__name__, names.TAG_KT_PROJECT_DIR: location},
         )
         if state_path is not None and parent is not None:
             state["parent_run_id"] = parent
             os.makedirs(os.path.dirname(state_path), exist_ok=True)
-            with open(state_path, "w") as f:
+            with open(f"{state_path}.tmp", "w") as f:
                 json.dump(state, f)
+            os.replace(f"{state_path}.tmp", state_path)  # never a half-written file
+        if self._mlflow.policy.enabled:
+            importlib.import_module("mlflow.keras")  # loaded before the search freezes the gc
         for trial in getattr(oracle, "trials", {}).values():  # a resumed search
             if trial.score is not None:
                 self._mlflow.policy.seed(str(trial.trial_id), [float(trial.score)])
@@ -184,13 +234,15 @@ class MlflowTunerMixin:
     def _mlflow_finish(self, trial: Any, handle: TrialRun) -> None:
         oracle = self.oracle  # type: ignore[attr-defined]
         final = oracle.get_trial(trial.trial_id)
+        # Over gRPC (distributed) the oracle's copy has no message: the local trial does.
+        final.message = final.message or trial.message
         result = _convert.to_result(final, self._mlflow.objective_names)
         continues = final.hyperparameters.values.get(_convert.HYPERBAND_CONTINUES)
         if continues:
-            run_id = self._mlflow.run_id_for(str(continues))
+            run_id = self._mlflow.run_id_for(self._mlflow_key_of(continues))
             if run_id:
                 result.tags[names.TAG_CONTINUES_RUN_ID] = run_id
-        result.tags["keras_tuner.tuner_id"] = getattr(self, "tuner_id", "")
+        result.tags[names.TAG_KT_TUNER_ID] = getattr(self, "tuner_id", "")
         result.start_ms = handle.start_ms
         result.end_ms = _batch.now_ms()
         if (
@@ -198,13 +250,24 @@ class MlflowTunerMixin:
             and self._mlflow.policy.enabled
             and self._mlflow_has_model(final)
         ):
-            handle.model_loader = lambda: self.load_model(final)  # type: ignore[attr-defined]
+            handle.model_loader = lambda: self._mlflow_best_epoch_model(handle, final)
         self._mlflow.finish(handle, result)
         best = oracle.get_best_trials(1)
         best_id = best[0].trial_id if best else None
         if best_id != self._mlflow_best:
             self._mlflow_best = best_id
             self._mlflow_summary(with_table=False)
+
+    def _mlflow_best_epoch_model(self, handle: TrialRun, trial: Any) -> Any:
+        """The trial's model with its best epoch's weights (Keras Tuner's checkpoint).
+
+        Loading the checkpoint into the model ``fit`` just trained avoids ``load_model``'s
+        rebuild, ``clear_session`` and full garbage collection (over a second per trial).
+        """
+        if isinstance(self, keras_tuner.Tuner) and handle.model is not None:
+            handle.model.load_weights(self._get_checkpoint_fname(trial.trial_id))
+            return handle.model
+        return self.load_model(trial)  # type: ignore[attr-defined]  # e.g. SklearnTuner
 
     def _mlflow_has_model(self, trial: Any) -> bool:
         """Whether ``load_model`` can rebuild this trial's model: a custom ``run_trial``
@@ -222,5 +285,11 @@ class MlflowTunerMixin:
             # A distributed worker's oracle is a client: only the chief knows every trial.
             worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
             self._mlflow.summarize(
-                _convert.summary(oracle, self._mlflow.objective_names, with_table, full=not worker)
+                _convert.summary(
+                    oracle,
+                    self._mlflow.objective_names,
+                    with_table,
+                    full=not worker,
+                    key_of=self._mlflow_key_of,
+                )
             )

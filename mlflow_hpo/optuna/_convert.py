@@ -132,7 +132,7 @@ def summary(study: optuna.Study, metric_names: list[str], with_table: bool) -> S
         else:
             front = sorted(study.best_trials, key=lambda t: t.number)
             best = front[0]
-            out.tags["mlflow_hpo.pareto_trials"] = ",".join(str(t.number) for t in front)
+            out.tags[names.TAG_PARETO_TRIALS] = ",".join(str(t.number) for t in front)
         out.best_key = str(best.number)
         out.best_number = best.number
         out.best_values = dict(zip(metric_names, best.values or [], strict=False))
