@@ -363,14 +363,20 @@ def _scored_tuner(tmp_path: Path, fail: dict[str, int], **kwargs) -> MlflowTuner
                 raise kw.get("error", ValueError)("not this time")
             return {"score": x}
 
-    return Scored(oracle=keras_tuner.oracles.RandomSearchOracle(
-        objective=keras_tuner.Objective("score", "max"), seed=0, **kwargs),
-        directory=str(tmp_path / "kt"), project_name="scored", experiment_name="scored",
-        overwrite=False)
+    return Scored(
+        oracle=keras_tuner.oracles.RandomSearchOracle(
+            objective=keras_tuner.Objective("score", "max"), seed=0, **kwargs
+        ),
+        directory=str(tmp_path / "kt"),
+        project_name="scored",
+        experiment_name="scored",
+        overwrite=False,
+    )
 
 
 def test_retried_trial_gets_its_own_run_and_the_summary_points_at_the_success(
-        client: MlflowClient, tracking_uri: str, tmp_path: Path) -> None:
+    client: MlflowClient, tracking_uri: str, tmp_path: Path
+) -> None:
     tuner = _scored_tuner(tmp_path, {"0": 1}, max_trials=2, max_retries_per_trial=1)
     tuner.search()
     parent, trials = study_runs(client, "scored")
@@ -386,7 +392,8 @@ def test_retried_trial_gets_its_own_run_and_the_summary_points_at_the_success(
 
 
 def test_a_trial_interrupted_then_resumed_is_written_again(
-        client: MlflowClient, tracking_uri: str, tmp_path: Path) -> None:
+    client: MlflowClient, tracking_uri: str, tmp_path: Path
+) -> None:
     class Interrupting(MlflowTunerMixin, keras_tuner.Tuner):
         calls = 0
 
@@ -397,10 +404,15 @@ def test_a_trial_interrupted_then_resumed_is_written_again(
             return {"score": trial.hyperparameters.Float("x", 0, 1)}
 
     def make():
-        return Interrupting(oracle=keras_tuner.oracles.RandomSearchOracle(
-            objective=keras_tuner.Objective("score", "max"), max_trials=3, seed=0),
-            directory=str(tmp_path / "kt"), project_name="intr", experiment_name="intr",
-            overwrite=False)
+        return Interrupting(
+            oracle=keras_tuner.oracles.RandomSearchOracle(
+                objective=keras_tuner.Objective("score", "max"), max_trials=3, seed=0
+            ),
+            directory=str(tmp_path / "kt"),
+            project_name="intr",
+            experiment_name="intr",
+            overwrite=False,
+        )
 
     with pytest.raises(KeyboardInterrupt):
         make().search()
@@ -417,20 +429,28 @@ def test_a_trial_interrupted_then_resumed_is_written_again(
 
 
 def test_fatal_error_ends_the_trial_failed_with_its_traceback(
-        client: MlflowClient, tracking_uri: str, tmp_path: Path) -> None:
+    client: MlflowClient, tracking_uri: str, tmp_path: Path
+) -> None:
     class Fatal(MlflowTunerMixin, keras_tuner.Tuner):
         def run_trial(self, trial, *args, **kw):
             trial.hyperparameters.Float("x", 0, 1)
             raise keras_tuner.errors.FatalError("stop everything")
 
-    tuner = Fatal(oracle=keras_tuner.oracles.RandomSearchOracle(
-        objective=keras_tuner.Objective("score", "max"), max_trials=2, seed=0),
-        directory=str(tmp_path / "kt"), project_name="fatal", experiment_name="fatal")
+    tuner = Fatal(
+        oracle=keras_tuner.oracles.RandomSearchOracle(
+            objective=keras_tuner.Objective("score", "max"), max_trials=2, seed=0
+        ),
+        directory=str(tmp_path / "kt"),
+        project_name="fatal",
+        experiment_name="fatal",
+    )
     with pytest.raises(keras_tuner.errors.FatalError):
         tuner.search()
     parent, (run,) = study_runs(client, "fatal")
     assert parent.info.status == "FAILED"
     assert run.info.status == "FAILED"
     assert run.data.tags[names.TAG_ERROR_CLASS] == "FatalError"
-    assert "stop everything" in Path(
-        client.download_artifacts(run.info.run_id, names.ARTIFACT_ERROR)).read_text()
+    assert (
+        "stop everything"
+        in Path(client.download_artifacts(run.info.run_id, names.ARTIFACT_ERROR)).read_text()
+    )
