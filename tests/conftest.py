@@ -20,9 +20,11 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 @pytest.fixture(autouse=True)
-def _strict_and_no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Logging errors raise in tests; no test may leave an active run behind."""
+def _strict_and_no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Logging errors raise in tests; no test may leave an active run behind, nor write
+    into the working tree (MLflow's default artifact root is ./mlruns of the cwd)."""
     monkeypatch.setenv("MLFLOW_HPO_STRICT", "1")
+    monkeypatch.chdir(tmp_path)
     yield
     leaked = mlflow.active_run()
     while mlflow.active_run() is not None:
