@@ -73,7 +73,8 @@ class ModelPolicy:
     def __init__(self, policy: str | int) -> None:
         self.policy = policy
         self.directions: list[str] = ["minimize"]
-        self._completed: list[_Kept] = []
+        self._completed: dict[str, _Kept] = {}
+        self._best: float | None = None  # single objective: the best value so far
         self._lock = threading.Lock()
 
     @property
@@ -83,35 +84,40 @@ class ModelPolicy:
     def seed(self, key: str, values: list[float]) -> None:
         """Remember a completed trial this process did not run (a resumed study)."""
         with self._lock:
-            if all(k.key != key for k in self._completed):
-                self._completed.append(_Kept(key, values))
+            if key not in self._completed:
+                self._record(key, values)
+
+    def _record(self, key: str, values: list[float]) -> bool:
+        """Store the trial; return whether it beats the single-objective best so far."""
+        self._completed[key] = _Kept(key, values)
+        improved = self._best is None or _better(values[0], self._best, self.directions[0])
+        if improved:
+            self._best = values[0]
+        return improved
 
     def decide(self, key: str, values: list[float]) -> bool:
         """Record a completed trial and say whether its model should be logged."""
         with self._lock:
-            others = [k for k in self._completed if k.key != key]
-            self._completed = [*others, _Kept(key, values)]
-            if self.policy == "none":
-                return False
-            if self.policy == "all":
-                return True
+            improved = self._record(key, values)  # O(1): studies can run 10^4+ trials
+            if self.policy in ("none", "all"):
+                return self.policy == "all"
+            others = (k for k in self._completed.values() if k.key != key)
             if self.policy == "best":
                 if len(self.directions) > 1:
                     return not any(dominates(k.values, values, self.directions) for k in others)
-                return all(_better(values[0], k.values[0], self.directions[0]) for k in others)
+                return improved
             better = sum(1 for k in others if _better(k.values[0], values[0], self.directions[0]))
             return better < int(self.policy)
 
     def kept(self, key: str, model_id: str) -> list[str]:
         """Note a logged model; return the ids of models now outside the top k."""
         with self._lock:
-            for k in self._completed:
-                if k.key == key:
-                    k.model_id = model_id
+            if key in self._completed:
+                self._completed[key].model_id = model_id
             if not isinstance(self.policy, int):
                 return []
             ranked = sorted(
-                self._completed,
+                self._completed.values(),
                 key=lambda k: k.values[0],
                 reverse=self.directions[0] == "maximize",
             )
