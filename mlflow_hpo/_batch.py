@@ -109,6 +109,15 @@ def error_text(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, error.__traceback__))
 
 
+def error_class(traceback_text: str) -> str | None:
+    """The exception class named on the last line of a formatted traceback."""
+    lines = traceback_text.strip().splitlines()
+    head = lines[-1].split(":", 1)[0].strip() if lines else ""
+    if not head or not head.replace(".", "_").isidentifier():
+        return None
+    return head.rsplit(".", 1)[-1]
+
+
 def dump(folder: str, name: str, payload: Any) -> None:
     with open(os.path.join(folder, name), "w") as f:
         json.dump(payload, f, indent=2, default=as_text)

@@ -28,6 +28,7 @@ class StudySummary:
     # Built on the writer thread, once queued trials have their run ids.
     trials_table: Callable[[dict[str, str]], str] | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    table_name: str = names.ARTIFACT_TRIALS
 
 
 def write_summary(tracker: StudyTracker, summary: StudySummary) -> None:
@@ -58,6 +59,6 @@ def write_summary(tracker: StudyTracker, summary: StudySummary) -> None:
     if summary.trials_table is not None:
         table = summary.trials_table(tracker.all_run_ids())
         with tempfile.TemporaryDirectory(prefix="mlflow-hpo-") as tmp:
-            with open(os.path.join(tmp, names.ARTIFACT_TRIALS), "w") as f:
+            with open(os.path.join(tmp, summary.table_name), "w") as f:
                 f.write(table)
             get_artifact_repository(parent.info.artifact_uri).log_artifacts(tmp)

@@ -40,6 +40,7 @@ TAG_BEST_TRIAL_NUMBER = "mlflow_hpo.best_trial_number"
 TAG_BEST_PARAM_PREFIX = "mlflow_hpo.best_param."
 TAG_LOGGING_WARNINGS = "mlflow_hpo.logging_warnings"
 TAG_PARETO_TRIALS = "mlflow_hpo.pareto_trials"
+TAG_LEFT_OUT = "mlflow_hpo.left_out_candidates"  # scikit-learn, when max_child_runs cuts
 TAG_KT_TUNER = "keras_tuner.tuner"  # the tuner class
 TAG_KT_PROJECT_DIR = "keras_tuner.project_dir"
 
@@ -62,6 +63,7 @@ ARTIFACT_HYPERPARAMETERS = "hyperparameters.json"
 ARTIFACT_OUTPUT_EXCEPTIONS = "output_exceptions.json"
 ARTIFACT_ERROR = "error.txt"
 ARTIFACT_TRIALS = "trials.csv"
+ARTIFACT_CV_RESULTS = "cv_results.csv"  # scikit-learn: cv_results_ plus run_id
 MODEL_ARTIFACT = "model"
 
 # --- run names ---

@@ -9,7 +9,7 @@ from typing import Any
 
 from keras_tuner.src.engine import trial as trial_module
 
-from mlflow_hpo import names
+from mlflow_hpo import _batch, names
 from mlflow_hpo._summary import StudySummary
 from mlflow_hpo._trial import TrialResult
 
@@ -59,17 +59,8 @@ def to_result(trial: Any, objective: list[str]) -> TrialResult:
         tags=tags,
         error=error
         or ("Keras Tuner marked the trial failed." if state == names.STATE_FAIL else None),
-        error_class=_error_class(error) if error else None,
+        error_class=_batch.error_class(error) if error else None,
     )
-
-
-def _error_class(message: str) -> str | None:
-    """The exception class named on the last line of a formatted traceback."""
-    lines = message.strip().splitlines()
-    head = lines[-1].split(":", 1)[0].strip() if lines else ""
-    if not head or not head.replace(".", "_").isidentifier():
-        return None
-    return head.rsplit(".", 1)[-1]
 
 
 def summary(
