@@ -33,12 +33,12 @@ def write_trial(
     if result.pruned_step is not None:
         tags[names.TAG_PRUNED_STEP] = result.pruned_step
     if not handle.created:
-        # Nobody needed the run while the trial ran: create it with every tag at once,
-        # which saves the store a transaction per trial.
         handle.start_ms = start_ms
-        run = handle.run(tags)
+    # If nobody needed the run while the trial ran, it is created now with every tag at
+    # once (a store transaction saved per trial); otherwise the tags go in the batch below.
+    run = handle.run(tags)
+    if handle.tags_written:
         tags = {}
-    run = handle.run()
     if handle.already_logged:
         return
     run_id = run.info.run_id

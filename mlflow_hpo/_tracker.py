@@ -162,12 +162,9 @@ class StudyTracker:
         if fluent._active_experiment_id is None and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
             # mlflow.start_run(nested=True) in an objective then lands beside its trial run.
             mlflow.set_experiment(experiment_id=self.experiment_id)
-        if reused:
-            for child in _parent.child_runs(self.client, self.experiment_id, run.info.run_id):
-                trial_key = child.data.tags.get(names.TAG_TRIAL_KEY)
-                if trial_key is not None:
-                    self._known[trial_key] = child.info.run_id
         self.parent = run
+        if reused:
+            self._known.update(self._stored_run_ids())
 
     # ------------------------------------------------------------------ trial runs
     def trial(self, key: str, number: int, start_ms: int | None = None) -> TrialRun:
@@ -187,15 +184,18 @@ class StudyTracker:
     def all_run_ids(self) -> dict[str, str]:
         """Trial key -> run id for every trial run of the study in the store (one search),
         including those other processes wrote (e.g. distributed workers)."""
-        runs = dict(self.known_run_ids())
-        if self.parent is not None and self.experiment_id is not None:
-            for child in _parent.child_runs(
-                self.client, self.experiment_id, self.parent.info.run_id
-            ):
-                key = child.data.tags.get(names.TAG_TRIAL_KEY)
-                if key is not None:
-                    runs.setdefault(key, child.info.run_id)
-        return runs
+        return {**self._stored_run_ids(), **self.known_run_ids()}
+
+    def _stored_run_ids(self) -> dict[str, str]:
+        """Trial key -> run id of the parent's children as the store has them."""
+        if self.parent is None or self.experiment_id is None:
+            return {}
+        children = _parent.child_runs(self.client, self.experiment_id, self.parent.info.run_id)
+        return {
+            child.data.tags[names.TAG_TRIAL_KEY]: child.info.run_id
+            for child in children
+            if names.TAG_TRIAL_KEY in child.data.tags
+        }
 
     def is_logged(self, key: str) -> bool:
         """Whether trial ``key`` already has a run (from this or an earlier process)."""
@@ -228,6 +228,7 @@ class StudyTracker:
             tags=_batch.tag_dict(tags),
             run_name=names.TRIAL_RUN_NAME.format(number=handle.number),
         )
+        handle.tags_written = extra_tags is not None
         with self._lock:
             self._known[handle.key] = run.info.run_id
         return run

@@ -86,6 +86,7 @@ class TrialRun:
         self._guarded_at_fit = -1
         self.finished = False
         self.already_logged = False  # found terminal in the store (resumed study)
+        self.tags_written = False  # the run was created with the tags given to run()
         self._create = create
         self._run: Run | None = None
         self._error: Exception | None = None
