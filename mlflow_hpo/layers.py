@@ -99,12 +99,28 @@ class LayerGuard:
         if out is None:
             label = name or layer.name
             self.exceptions.append(label)
+            # Kept on the model too: a SciKeras search builds it where no trial is current,
+            # and the scorer or the refitted best estimator carries it back to its run.
+            self.model._mlflow_hpo_output_exceptions = tuple(self.exceptions)
             if self._trial is not None:
                 self._trial.add_output_exceptions([label])
             return False
         self.model.add(layer)
         self.shape = out
         return True
+
+
+def output_exceptions_of(model: Any) -> list[str]:
+    """The output exception list a ``LayerGuard`` left on ``model``: a Keras model, a
+    SciKeras wrapper (its ``model_``) or a pipeline ending in one; ``[]`` if none."""
+    for candidate in (model, getattr(model, "model_", None)):
+        found = getattr(candidate, "_mlflow_hpo_output_exceptions", None)
+        if isinstance(found, tuple):
+            return list(found)
+    steps = getattr(model, "steps", None)
+    if isinstance(steps, list) and steps:
+        return output_exceptions_of(steps[-1][1])
+    return []
 
 
 def _current_shape(model: Any) -> tuple[Any, ...] | None:

@@ -1,4 +1,5 @@
-"""scikit-learn backend: ``track_search`` for any search CV.
+"""scikit-learn backend: ``track_search`` for any search CV, ``MlflowScorer`` for live folds,
+and ``tracked_sampler`` for hand-written ``ParameterSampler`` loops.
 
 Requires the ``sklearn`` extra: ``pip install "mlflow-hpo[sklearn]"``.
 """
@@ -12,6 +13,8 @@ except ImportError as _error:  # pragma: no cover - only without the extra
 
     raise MissingExtraError("scikit-learn", "sklearn") from _error
 
+from mlflow_hpo.sklearn._sampler import SamplerTrial, TrackedSampler, tracked_sampler
+from mlflow_hpo.sklearn._scorer import MlflowScorer
 from mlflow_hpo.sklearn._search import track_search
 
-__all__ = ["track_search"]
+__all__ = ["MlflowScorer", "SamplerTrial", "TrackedSampler", "track_search", "tracked_sampler"]

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from sklearn.model_selection._search import BaseSearchCV
 
-from mlflow_hpo import _batch, names
-from mlflow_hpo._summary import StudySummary
+from mlflow_hpo import _batch
 from mlflow_hpo._tracker import StudyTracker
-from mlflow_hpo._trial import TrialResult
 from mlflow_hpo.errors import ConfigurationError
-
-_SPLIT_KEYS = ("fit_time", "score_time")
+from mlflow_hpo.sklearn._candidates import log_candidates
+from mlflow_hpo.sklearn._live import LiveFolds
+from mlflow_hpo.sklearn._scorer import MlflowScorer
 
 
 def _dropped() -> None:
@@ -36,6 +34,7 @@ class _Hook:
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self.__wrapped__ = call  # inspect.signature sees the wrapped call's parameters
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(*args, **kwargs)
@@ -123,6 +122,12 @@ def track_search(
                 objective_names=[_objective(search)],
                 tags={"sklearn.estimator": type(search.estimator).__name__},
             )
+        live = None
+        if isinstance(search.scoring, MlflowScorer) and tracker.active:
+            with tracker.safety.guard("starting live fold logging"):
+                live = LiveFolds(tracker, search.scoring)
+                bound_run_search = type(search)._run_search.__get__(search)
+                search._run_search = _Hook(live.wrap_run_search(bound_run_search))
         search._format_results = _Hook(keep_splits)
         start_ms, status = _batch.now_ms(), "FINISHED"
         try:
@@ -135,9 +140,17 @@ def track_search(
             raise
         finally:
             del search._format_results
+            if live is not None:
+                search.__dict__.pop("_run_search", None)
+                with tracker.safety.guard("stopping live fold logging"):
+                    live.close()
+                    if status != "FINISHED":
+                        live.finish_scored()
             if status == "FINISHED":
                 with tracker.safety.guard("logging the search's candidates"):
-                    _log_candidates(tracker, search, captured[0] if captured else [], start_ms, cap)
+                    splits = captured[0] if captured else []
+                    log_candidates(tracker, search, splits, start_ms, cap, live)
+            # Candidates seen live and not fully scored (an interrupted search) end KILLED.
             tracker.close(status)
 
     search.fit = _Hook(fit)
@@ -149,114 +162,10 @@ def _objective(search: Any) -> str:
     scoring = getattr(search, "scoring", None)
     if isinstance(refit, str):
         return refit
+    if isinstance(scoring, MlflowScorer):
+        return scoring.metric_names[0]
     if isinstance(scoring, list | tuple) and scoring:
         return str(scoring[0])
     if isinstance(scoring, dict) and scoring:
         return str(next(iter(scoring)))
     return "score"
-
-
-def _log_candidates(
-    tracker: StudyTracker, search: Any, splits: list[dict[str, Any]], start_ms: int, cap: int | None
-) -> None:
-    results = search.cv_results_
-    n_candidates = len(results["params"])
-    n_splits = len(splits) // n_candidates if splits else int(search.n_splits_)
-    metrics = [k[len("mean_test_") :] for k in results if k.startswith("mean_test_")]
-    objective = tracker.objective_names[0]
-    rank = np.asarray(results.get(f"rank_test_{objective}", np.ones(n_candidates)))
-    best = int(getattr(search, "best_index_", int(np.argmin(rank))))
-    # Best first: it is the only candidate with a model (the refitted best_estimator_), and
-    # a first trial is always an improvement for the "best" and top-k policies, ties or not.
-    order = sorted(range(n_candidates), key=lambda i: (i != best, rank[i], i))
-    kept = order if cap is None else order[:cap]
-    for index in kept:
-        folds = splits[index * n_splits : (index + 1) * n_splits] if splits else []
-        errors = [f["fit_error"] for f in folds if f.get("fit_error")]
-        histories: dict[str, list[tuple[int, float]]] = {}
-        for metric in metrics:
-            for part in ("test", "train"):
-                key = f"split0_{part}_{metric}"
-                if key in results:
-                    histories[f"{part}_{metric}"] = [
-                        (s, float(results[f"split{s}_{part}_{metric}"][index]))
-                        for s in range(n_splits)
-                    ]
-        for key in _SPLIT_KEYS:
-            if folds:
-                histories[key] = [(s, float(f[key])) for s, f in enumerate(folds)]
-        values = {}
-        if not errors:
-            values[objective] = float(results[f"mean_test_{objective}"][index])
-        extra = {
-            k: v[index]
-            for k, v in results.items()
-            if k.startswith(("mean_", "std_", "rank_")) and not isinstance(v[index], str)
-        }
-        busy_ms = int(1000 * sum(f.get("fit_time", 0) + f.get("score_time", 0) for f in folds))
-        params = dict(results["params"][index])
-        extra_params = {k: results[k][index] for k in ("iter", "n_resources") if k in results}
-        result = TrialResult(
-            state=names.STATE_FAIL if errors else names.STATE_COMPLETE,
-            params=params,
-            distributions={k: repr(v) for k, v in _space(search).items()},
-            values=values,
-            histories=histories,
-            extra_params={k: _plain(v) for k, v in extra_params.items()},
-            tags={f"cv.{k}": _plain(v) for k, v in extra.items()},
-            start_ms=start_ms,
-            end_ms=start_ms + busy_ms,  # fold fit + score time: the candidate's real cost
-            error="\n\n".join(errors) or None,
-            error_class=_batch.error_class(errors[0]) if errors else None,
-        )
-        handle = tracker.trial(str(index), index, start_ms)
-        if index == best and getattr(search, "best_estimator_", None) is not None:
-            handle.model = search.best_estimator_
-        tracker.finish(handle, result)
-    _summarize(tracker, search, best, objective, n_candidates - len(kept))
-
-
-def _summarize(
-    tracker: StudyTracker, search: Any, best: int, objective: str, left_out: int
-) -> None:
-    import pandas as pd
-
-    results = search.cv_results_
-    failed = sum(
-        1 for i in range(len(results["params"])) if np.isnan(results[f"mean_test_{objective}"][i])
-    )
-    summary = StudySummary(
-        counts={names.STATE_COMPLETE: len(results["params"]) - failed, names.STATE_FAIL: failed},
-        best_key=str(best),
-        best_number=best,
-        best_values={
-            objective: float(
-                getattr(search, "best_score_", results[f"mean_test_{objective}"][best])
-            )
-        },
-        best_params=dict(getattr(search, "best_params_", results["params"][best])),
-        table_name=names.ARTIFACT_CV_RESULTS,
-        tags={names.TAG_LEFT_OUT: left_out} if left_out else {},
-    )
-    frame = pd.DataFrame(results)
-
-    def table(run_ids: dict[str, str]) -> str:
-        frame.insert(0, "run_id", [run_ids.get(str(i), "") for i in range(len(frame))])
-        return str(frame.to_csv(index=False))
-
-    summary.trials_table = table
-    tracker.summarize(summary)
-
-
-def _space(search: Any) -> dict[str, Any]:
-    for attribute in ("param_grid", "param_distributions"):
-        space = getattr(search, attribute, None)
-        if isinstance(space, dict):
-            return space
-        if isinstance(space, list) and space and isinstance(space[0], dict):
-            return {f"grid_{i}": grid for i, grid in enumerate(space)}
-    return {}
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
