@@ -102,4 +102,8 @@ def _write_model(tracker: StudyTracker, handle: TrialRun, run: Run, params: dict
     uri, model_id = _models.log_model(tracker.client, handle.model, run, tags, as_params)
     tracker.client.set_tag(run.info.run_id, names.TAG_MODEL_URI, uri)
     for evicted in tracker.policy.kept(handle.key, model_id):
+        # Out of the top k: the model goes, and so does the tag that would point at it.
+        source_run = tracker.client.get_logged_model(evicted).source_run_id
         tracker.client.delete_logged_model(evicted)
+        if source_run:
+            tracker.client.delete_tag(source_run, names.TAG_MODEL_URI)

@@ -43,6 +43,8 @@ TAG_PARETO_TRIALS = "mlflow_hpo.pareto_trials"
 TAG_LEFT_OUT = "mlflow_hpo.left_out_candidates"  # scikit-learn, when max_child_runs cuts
 TAG_KT_TUNER = "keras_tuner.tuner"  # the tuner class
 TAG_KT_PROJECT_DIR = "keras_tuner.project_dir"
+TAG_SK_ESTIMATOR = "sklearn.estimator"  # scikit-learn search: the searched estimator's class
+TAG_SK_SAMPLER = "sklearn.sampler"  # tracked_sampler: the sampler's class
 
 # --- params ---
 PARAM_TRIAL_NUMBER = "trial_number"

@@ -63,6 +63,31 @@ def test_keras_tuner_example_tracks_a_hyperband_search(tmp_path: Path) -> None:
     assert trials and all(t.info.status == "FINISHED" for t in trials)
 
 
+def test_sklearn_example_tracks_a_scikeras_randomized_search(tmp_path: Path) -> None:
+    uri = _run(
+        tmp_path,
+        str(ROOT / "examples" / "sklearn_digits.py"),
+        *("--n-iter", "3", "--epochs", "1", "--cv", "2"),
+    )
+    client = MlflowClient(uri)
+    parent, trials = study_runs(client, "digits-sklearn")
+    assert len(trials) == 3 and parent.info.status == "FINISHED"
+    for trial in trials:
+        assert len(client.get_metric_history(trial.info.run_id, "test_score")) == 2
+    best = client.get_run(parent.data.tags["mlflow_hpo.best_trial_run_id"])
+    assert "mlflow_hpo.model_uri" in best.data.tags
+
+
+def test_sampler_example_tracks_the_parameter_sampler_loop(tmp_path: Path) -> None:
+    uri = _run(
+        tmp_path, str(ROOT / "examples" / "sampler_digits.py"), "--n-iter", "3", "--epochs", "2"
+    )
+    client = MlflowClient(uri)
+    parent, trials = study_runs(client, "digits-sampler")
+    assert len(trials) == 3 and parent.data.tags["mlflow_hpo.objectives"] == "val_accuracy"
+    assert all(len(client.get_metric_history(t.info.run_id, "loss")) == 2 for t in trials)
+
+
 def test_mlflow_run_entry_point_nests_the_study_under_the_project_run(tmp_path: Path) -> None:
     uri = _run(
         tmp_path,

@@ -146,6 +146,12 @@ def test_top_k_keeps_only_k_models(client: MlflowClient, tracking_uri: str, digi
     alive = client.search_logged_models([experiment.experiment_id])
     kept_trials = sorted(int(m.tags[names.PARAM_TRIAL_NUMBER]) for m in alive)
     assert kept_trials == [1, 3]  # 0.5 and 0.9
+    tagged = {
+        int(r.data.params["trial_number"])
+        for r in client.search_runs([experiment.experiment_id])
+        if names.TAG_MODEL_URI in r.data.tags
+    }
+    assert tagged == {1, 3}  # no run points at a model that was deleted
 
 
 def test_fit_with_positional_callbacks_or_a_callback_list_still_works(

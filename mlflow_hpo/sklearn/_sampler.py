@@ -164,7 +164,7 @@ class _Loop:
             owner.study_name,
             directions=list(self.tracker.policy.directions),
             objective_names=[owner.objective or "value"],
-            tags={"sklearn.sampler": type(owner.sampler).__name__},
+            tags={names.TAG_SK_SAMPLER: type(owner.sampler).__name__},
         )
         if threading.current_thread() is threading.main_thread():
             self._previous_sigint = signal.getsignal(signal.SIGINT)

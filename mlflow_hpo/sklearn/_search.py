@@ -13,7 +13,7 @@ from typing import Any
 
 from sklearn.model_selection._search import BaseSearchCV
 
-from mlflow_hpo import _batch
+from mlflow_hpo import _batch, names
 from mlflow_hpo._tracker import StudyTracker
 from mlflow_hpo.errors import ConfigurationError
 from mlflow_hpo.sklearn._candidates import log_candidates
@@ -120,7 +120,7 @@ def track_search(
                 type(search).__name__,
                 directions=["maximize"],
                 objective_names=[_objective(search)],
-                tags={"sklearn.estimator": type(search.estimator).__name__},
+                tags={names.TAG_SK_ESTIMATOR: type(search.estimator).__name__},
             )
         live = None
         if isinstance(search.scoring, MlflowScorer) and tracker.active:
