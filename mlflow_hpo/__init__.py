@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mlflow_hpo._rebuild import log_weights, rebuild
 from mlflow_hpo._trial import current_trial, log_model
 from mlflow_hpo.errors import (
     ConfigurationError,
@@ -31,6 +32,8 @@ __all__ = [
     "__version__",
     "current_trial",
     "log_model",
+    "log_weights",
+    "rebuild",
 ]
 
 

@@ -66,7 +66,15 @@ ARTIFACT_OUTPUT_EXCEPTIONS = "output_exceptions.json"
 ARTIFACT_ERROR = "error.txt"
 ARTIFACT_TRIALS = "trials.csv"
 ARTIFACT_CV_RESULTS = "cv_results.csv"  # scikit-learn: cv_results_ plus run_id
+ARTIFACT_WEIGHTS = "model.weights.h5"  # mlflow_hpo.log_weights(model): weights alone
 MODEL_ARTIFACT = "model"
+
+# --- tags on registered model versions (mlflow_hpo.registry.promote_best) ---
+TAG_VERSION_STUDY_RUN_ID = "mlflow_hpo.study_run_id"
+TAG_VERSION_TRIAL_RUN_ID = "mlflow_hpo.trial_run_id"
+TAG_VERSION_OBJECTIVE = "mlflow_hpo.objective"
+TAG_VERSION_OBJECTIVE_VALUE = "mlflow_hpo.objective_value"
+TAG_VERSION_DIRECTION = "mlflow_hpo.direction"
 
 # --- run names ---
 TRIAL_RUN_NAME = "trial-{number}"

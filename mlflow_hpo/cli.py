@@ -1,0 +1,146 @@
+"""``mlflow-hpo``: the command line, built with click like MLflow's own CLI.
+
+    mlflow-hpo show STUDY [--experiment-name E] [--top 10]
+    mlflow-hpo promote STUDY --model-name NAME [--alias champion] [--only-if-better]
+
+``STUDY`` is a study run id, or a study name together with ``--experiment-name``. The store
+is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from mlflow_hpo import _parent, names
+from mlflow_hpo.errors import MlflowHpoError
+
+_STUDY = click.argument("study")
+_EXPERIMENT = click.option(
+    "--experiment-name", default=None, help="Look STUDY up by name in this experiment."
+)
+_URI = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="Tracking store, e.g. sqlite:///mlflow.db (default: MLFLOW_TRACKING_URI).",
+)
+
+
+@click.group()
+@click.version_option(package_name="mlflow-hpo")
+def cli() -> None:
+    """Record, compare and promote hyperparameter searches in MLflow."""
+
+
+@cli.command()
+@_STUDY
+@click.option("--model-name", required=True, help="Registered model name.")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--only-if-better", is_flag=True, help="Move the alias only on improvement.")
+@_EXPERIMENT
+@_URI
+def promote(
+    study: str,
+    model_name: str,
+    alias: str,
+    only_if_better: bool,
+    experiment_name: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """Register the best trial of STUDY and point an alias at it."""
+    from mlflow_hpo.registry import promote_best
+
+    try:
+        done = promote_best(
+            study,
+            model_name,
+            alias,
+            experiment_name=experiment_name,
+            only_if_better=only_if_better,
+            tracking_uri=tracking_uri,
+        )
+    except MlflowHpoError as error:
+        raise click.ClickException(str(error)) from error
+    what = "registered as new version" if done.created else "already registered as version"
+    click.echo(
+        f"best trial run {done.trial_run_id} ({done.objective} = {done.value:.6g}) "
+        f"{what} {done.version} of {done.model_name!r}"
+    )
+    if done.moved:
+        click.echo(f"alias {done.alias!r} -> version {done.version}  (load: {done.uri})")
+    else:
+        click.echo(f"alias {done.alias!r} kept: the version it holds is at least as good")
+
+
+@cli.command()
+@_STUDY
+@click.option("--top", default=10, show_default=True, help="How many trials to list.")
+@_EXPERIMENT
+@_URI
+def show(study: str, top: int, experiment_name: str | None, tracking_uri: str | None) -> None:
+    """Summarise STUDY: its best trials, their params and states."""
+    from mlflow_hpo.registry import find_study
+
+    client = MlflowClient(tracking_uri)
+    try:
+        parent = find_study(client, study, experiment_name)
+    except MlflowHpoError as error:
+        raise click.ClickException(str(error)) from error
+    tags = parent.data.tags
+    objective = tags.get(names.TAG_OBJECTIVES, "value").split(",")[0]
+    direction = tags.get(names.TAG_DIRECTIONS, "minimize").split(",")[0]
+    trials = _parent.child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    click.echo(
+        f"study {tags.get(names.TAG_STUDY_NAME, '')!r}  run {parent.info.run_id}  "
+        f"({tags.get(names.TAG_BACKEND, '?')}, {parent.info.status})"
+    )
+    counts: dict[str, int] = {}
+    for run in trials:
+        state = run.data.tags.get(names.TAG_STATE, run.info.status)
+        counts[state] = counts.get(state, 0) + 1
+    click.echo(
+        f"objective {objective} ({direction}); {len(trials)} trials: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    )
+    click.echo(_table(_ranked(trials, objective, direction)[:top], objective))
+
+
+def _ranked(trials: list[Run], objective: str, direction: str) -> list[Run]:
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(run: Run) -> tuple[int, float, int]:
+        value = run.data.metrics.get(objective)
+        number = int(run.data.params.get(names.PARAM_TRIAL_NUMBER, 0))
+        return (value is None, sign * value if value is not None else 0.0, number)
+
+    return sorted(trials, key=key)
+
+
+def _table(trials: list[Run], objective: str) -> str:
+    keys = sorted({k for run in trials for k in run.data.params if k != names.PARAM_TRIAL_NUMBER})
+    header = ["trial", "state", objective, *keys]
+    rows: list[list[Any]] = []
+    for run in trials:
+        value = run.data.metrics.get(objective)
+        rows.append(
+            [
+                run.data.params.get(names.PARAM_TRIAL_NUMBER, "?"),
+                run.data.tags.get(names.TAG_STATE, run.info.status),
+                "" if value is None else f"{value:.6g}",
+                *[_short(run.data.params.get(k, "")) for k in keys],
+            ]
+        )
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
+        for line in [header, *rows]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _short(value: str, limit: int = 24) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
