@@ -199,9 +199,7 @@ def test_clear_errors_name_the_fix(client: MlflowClient, tracking_uri: str, digi
         def broken(trial: optuna.Trial) -> float:
             raise ValueError("diverged")
 
-        study.optimize(
-            tracker.track(broken), n_trials=2, callbacks=[tracker], catch=(ValueError,)
-        )
+        study.optimize(tracker.track(broken), n_trials=2, callbacks=[tracker], catch=(ValueError,))
     with pytest.raises(RebuildError, match="no FINISHED trial"):
         promote_best(tracker.parent_run_id, "nothing")
     with pytest.raises(ConfigurationError, match="Promote a study first"):

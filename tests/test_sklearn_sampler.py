@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
+from pathlib import Path
 
 import mlflow.sklearn
 import numpy as np
@@ -68,9 +68,7 @@ def test_one_child_per_sample_with_values_models_and_exceptions(
     assert int(best.data.params["trial_number"]) == best_number
     model = mlflow.sklearn.load_model(best.data.tags[names.TAG_MODEL_URI])
     assert model.score(xv, yv) == pytest.approx(best.data.metrics["val_accuracy"])
-    table = pd.read_csv(
-        io.StringIO(open(client.download_artifacts(parent.info.run_id, "trials.csv")).read())
-    )
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv"))
     assert sorted(table["run_id"]) == sorted(t.info.run_id for t in trials)
 
 
@@ -90,7 +88,8 @@ def test_an_exception_in_the_body_fails_that_trial_and_propagates(
     assert [t.info.status for t in trials] == ["FINISHED", "FAILED"]
     assert parent.info.status == "FAILED"
     assert trials[1].data.tags[names.TAG_STATE] == names.STATE_FAIL
-    assert "raised" in open(client.download_artifacts(trials[1].info.run_id, "error.txt")).read()
+    error = Path(client.download_artifacts(trials[1].info.run_id, "error.txt"))
+    assert "raised" in error.read_text()
     assert_no_running(client, "fails")
 
 
