@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from mlflow_hpo import space
 from mlflow_hpo.layers import LayerGuard
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -50,3 +51,15 @@ def build_cnn(
         metrics=["accuracy"],
     )
     return model
+
+
+@space.builder
+def build_space_cnn(hp: space.HP) -> keras.Model:
+    """The same CNN as ``build_cnn``, declared once for Optuna, Keras Tuner and samplers."""
+    return build_cnn(
+        n_blocks=hp.int("n_blocks", 1, 3),
+        filters=hp.choice("filters", [8, 16, 32]),
+        kernel=hp.int("kernel", 2, 4),
+        pool=hp.boolean("pool"),
+        learning_rate=hp.float("learning_rate", 1e-3, 3e-2, log=True),
+    )

@@ -59,7 +59,7 @@ def promote(
             study,
             model_name,
             alias,
-            experiment_name=experiment_name,
+            experiment_name=experiment_name or None,  # MLproject passes "" for none
             only_if_better=only_if_better,
             tracking_uri=tracking_uri,
         )
@@ -87,7 +87,7 @@ def show(study: str, top: int, experiment_name: str | None, tracking_uri: str | 
 
     client = MlflowClient(tracking_uri)
     try:
-        parent = find_study(client, study, experiment_name)
+        parent = find_study(client, study, experiment_name or None)
     except MlflowHpoError as error:
         raise click.ClickException(str(error)) from error
     tags = parent.data.tags

@@ -49,69 +49,80 @@ def test_optuna_example_tracks_a_study_and_prints_the_ui_command(tmp_path: Path)
     assert "mlflow_hpo.model_uri" in best.data.tags
 
 
-def test_keras_tuner_example_tracks_a_hyperband_search(tmp_path: Path) -> None:
+def _mlflow_run(tmp_path: Path, entry: str, experiment: str, **params: object) -> MlflowClient:
+    """``mlflow run`` an entry point of this project; assert one top-level run, FINISHED."""
+    options = [item for k, v in params.items() for item in ("-P", f"{k}={v}")]
     uri = _run(
         tmp_path,
-        str(ROOT / "examples" / "keras_tuner_digits.py"),
-        "--max-epochs",
-        "2",
-        "--directory",
-        str(tmp_path / "kt"),
+        *("-m", "mlflow", "run", str(ROOT), "-e", entry, *options),
+        *("--env-manager", "local", "--experiment-name", experiment),
     )
-    parent, trials = study_runs(MlflowClient(uri), "digits-keras-tuner")
-    assert parent.data.tags["mlflow_hpo.backend"] == "keras_tuner"
+    client = MlflowClient(uri)
+    top_level = [r for r in all_runs(client, experiment) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top_level) == 1, "mlflow run must not end up with a second top-level run"
+    assert top_level[0].info.status == "FINISHED"
+    return client
+
+
+def _studies(client: MlflowClient, experiment: str) -> list:
+    runs = all_runs(client, experiment)
+    project = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    studies = [r for r in runs if r.data.tags.get("mlflow_hpo.role") == "study"]
+    assert studies and all(
+        s.data.tags["mlflow.parentRunId"] == project.info.run_id for s in studies
+    )
+    return studies
+
+
+def test_main_entry_point_tunes_three_backends_and_promotes_the_best(tmp_path: Path) -> None:
+    client = _mlflow_run(tmp_path, "main", "demo", n_trials=2, epochs=1, model_name="demo-cnn")
+    studies = _studies(client, "demo")
+    assert sorted(s.data.tags["mlflow_hpo.backend"] for s in studies) == [
+        "keras_tuner",
+        "optuna",
+        "sklearn",
+    ]
+    champion = client.get_model_version_by_alias("demo-cnn", "champion")
+    best = max(float(s.data.metrics["best_val_accuracy"]) for s in studies)
+    assert float(champion.tags["mlflow_hpo.objective_value"]) == pytest.approx(best)
+
+
+def test_keras_tuner_entry_point_tracks_a_hyperband_search(tmp_path: Path) -> None:
+    client = _mlflow_run(tmp_path, "keras_tuner", "kt", max_epochs=2)
+    (study,) = _studies(client, "kt")
+    trials = [r for r in all_runs(client, "kt") if r.data.tags.get("mlflow_hpo.role") == "trial"]
+    assert study.data.tags["mlflow_hpo.backend"] == "keras_tuner"
     assert trials and all(t.info.status == "FINISHED" for t in trials)
 
 
-def test_sklearn_example_tracks_a_scikeras_randomized_search(tmp_path: Path) -> None:
-    uri = _run(
-        tmp_path,
-        str(ROOT / "examples" / "sklearn_digits.py"),
-        *("--n-iter", "3", "--epochs", "1", "--cv", "2"),
-    )
-    client = MlflowClient(uri)
-    parent, trials = study_runs(client, "digits-sklearn")
-    assert len(trials) == 3 and parent.info.status == "FINISHED"
+def test_sklearn_entry_point_tracks_a_scikeras_randomized_search(tmp_path: Path) -> None:
+    client = _mlflow_run(tmp_path, "sklearn", "sk", n_iter=3, epochs=1, cv=2)
+    (study,) = _studies(client, "sk")
+    trials = [r for r in all_runs(client, "sk") if r.data.tags.get("mlflow_hpo.role") == "trial"]
+    assert len(trials) == 3
     for trial in trials:
         assert len(client.get_metric_history(trial.info.run_id, "test_score")) == 2
-    best = client.get_run(parent.data.tags["mlflow_hpo.best_trial_run_id"])
+    best = client.get_run(study.data.tags["mlflow_hpo.best_trial_run_id"])
     assert "mlflow_hpo.model_uri" in best.data.tags
 
 
-def test_sampler_example_tracks_the_parameter_sampler_loop(tmp_path: Path) -> None:
-    uri = _run(
-        tmp_path, str(ROOT / "examples" / "sampler_digits.py"), "--n-iter", "3", "--epochs", "2"
-    )
-    client = MlflowClient(uri)
-    parent, trials = study_runs(client, "digits-sampler")
-    assert len(trials) == 3 and parent.data.tags["mlflow_hpo.objectives"] == "val_accuracy"
+def test_sampler_entry_point_tracks_the_parameter_sampler_loop(tmp_path: Path) -> None:
+    client = _mlflow_run(tmp_path, "sampler", "loop", n_iter=3, epochs=2)
+    (study,) = _studies(client, "loop")
+    trials = [r for r in all_runs(client, "loop") if r.data.tags.get("mlflow_hpo.role") == "trial"]
+    assert len(trials) == 3 and study.data.tags["mlflow_hpo.objectives"] == "val_accuracy"
     assert all(len(client.get_metric_history(t.info.run_id, "loss")) == 2 for t in trials)
 
 
-def test_mlflow_run_entry_point_nests_the_study_under_the_project_run(tmp_path: Path) -> None:
-    uri = _run(
-        tmp_path,
-        "-m",
-        "mlflow",
-        "run",
-        str(ROOT),
-        "-e",
-        "optuna",
-        "-P",
-        "n_trials=2",
-        "-P",
-        "epochs=1",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        "project",
-    )
-    client = MlflowClient(uri)
-    runs = all_runs(client, "project")
-    top_level = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(top_level) == 1, "mlflow run must not end up with a second top-level run"
-    project_run = top_level[0]
-    parent, trials = study_runs(client, "project")
-    assert parent.data.tags["mlflow.parentRunId"] == project_run.info.run_id
+def test_optuna_and_promote_entry_points(tmp_path: Path) -> None:
+    client = _mlflow_run(tmp_path, "optuna", "project", n_trials=2, epochs=1)
+    (study,) = _studies(client, "project")
+    trials = [
+        r for r in all_runs(client, "project") if r.data.tags.get("mlflow_hpo.role") == "trial"
+    ]
     assert len(trials) == 2
-    assert project_run.info.status == "FINISHED"
+    _mlflow_run(
+        tmp_path, "promote", "promotions", study=study.info.run_id, model_name="from-project"
+    )
+    version = client.get_model_version_by_alias("from-project", "champion")
+    assert version.tags["mlflow_hpo.study_run_id"] == study.info.run_id

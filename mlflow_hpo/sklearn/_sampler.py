@@ -122,6 +122,11 @@ class TrackedSampler:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    @property
+    def parent_run_id(self) -> str | None:
+        """The study run of the latest loop over this sampler."""
+        return self.tracker.parent_run_id
+
 
 class _Loop:
     def __init__(self, owner: TrackedSampler) -> None:
