@@ -20,6 +20,8 @@ from mlflow.entities import Run
 from mlflow.tracking import fluent
 
 from mlflow_hpo import _batch, _models, _parent, _record, names
+from mlflow_hpo import reports as _reports
+from mlflow_hpo._progress import Progress, check_verbose
 from mlflow_hpo._safety import Safety
 from mlflow_hpo._summary import StudySummary, write_summary
 from mlflow_hpo._trial import TrialResult, TrialRun
@@ -41,6 +43,7 @@ class StudyTracker:
         log_models: ``"best"``, ``"all"``, ``"none"`` or an int k (see ``_models``).
         synchronous: ``False`` writes on a background thread; ``flush()`` waits.
         strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
+        verbose: ``0`` hides the progress line (shown only on a terminal anyway).
 
     Raises:
         ConfigurationError: An argument is invalid (nothing has been written yet).
@@ -55,6 +58,7 @@ class StudyTracker:
         log_models: str | int = "best",
         synchronous: bool = True,
         strict: bool | None = None,
+        verbose: int = 1,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigurationError("backend", f"one of {BACKENDS}", backend)
@@ -64,6 +68,7 @@ class StudyTracker:
         self.policy = _models.ModelPolicy(_models.validate_policy(log_models))
         self.safety = Safety(strict)
         self.writer = RunWriter(self.safety, validate_bool("synchronous", synchronous))
+        self.progress = Progress(check_verbose(verbose))
         self.objective_names: list[str] = ["value"]
         self.parent: Run | None = None
         self.experiment_id: str | None = None
@@ -112,6 +117,9 @@ class StudyTracker:
             self.objective_names = list(objective_names or ["value"])
             with self.safety.guard("opening the study's parent run"):
                 self._open(study_name, key, known_parent_id, tags or {})
+            self.progress.start(
+                study_name, self.objective_names[0], self.policy.directions[0] == "maximize"
+            )
             self._open_failed = self.parent is None
             return self.parent_run_id
 
@@ -258,6 +266,11 @@ class StudyTracker:
             if handle.finished or not self.active:
                 return
             handle.finished = True
+        if result.state == names.STATE_COMPLETE and result.values:
+            name, value = next(iter(result.values.items()))
+            self.progress.trial_done(float(value), name)
+        else:
+            self.progress.trial_done(None)
         keep_model = False
         with self.safety.guard("choosing whether to log the model"):
             if result.state == names.STATE_COMPLETE and result.values:
@@ -329,10 +342,14 @@ class StudyTracker:
                 self.closed = True
                 return
         self.interrupt_open_trials()
+        self.progress.close()
         with self.safety.guard("flushing queued writes"):
             self.writer.flush()
         with self._lock:
             self.closed = True
+        if end_parent and _reports.enabled():
+            with self.safety.guard("writing the study reports"):
+                _reports.write_for_run(self.client, self.parent)
         with self.safety.guard("ending the study's parent run"):
             parent_id = self.parent.info.run_id
             if end_parent:

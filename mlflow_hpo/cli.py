@@ -109,6 +109,24 @@ def show(study: str, top: int, experiment_name: str | None, tracking_uri: str | 
     click.echo(_table(_ranked(trials, objective, direction)[:top], objective))
 
 
+@cli.command()
+@_STUDY
+@_EXPERIMENT
+@_URI
+def report(study: str, experiment_name: str | None, tracking_uri: str | None) -> None:
+    """(Re)write the charts of STUDY to its run's reports/ folder."""
+    from mlflow_hpo.reports import write_reports
+
+    try:
+        written = write_reports(
+            study, experiment_name=experiment_name or None, tracking_uri=tracking_uri
+        )
+    except MlflowHpoError as error:
+        raise click.ClickException(str(error)) from error
+    for path in written:
+        click.echo(path)
+
+
 def _ranked(trials: list[Run], objective: str, direction: str) -> list[Run]:
     sign = -1.0 if direction == "maximize" else 1.0
 

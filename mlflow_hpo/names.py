@@ -66,6 +66,7 @@ ARTIFACT_OUTPUT_EXCEPTIONS = "output_exceptions.json"
 ARTIFACT_ERROR = "error.txt"
 ARTIFACT_TRIALS = "trials.csv"
 ARTIFACT_CV_RESULTS = "cv_results.csv"  # scikit-learn: cv_results_ plus run_id
+ARTIFACT_REPORTS = "reports/"  # study run: <chart>.html and <chart>.png (mlflow_hpo.reports)
 ARTIFACT_WEIGHTS = "model.weights.h5"  # mlflow_hpo.log_weights(model): weights alone
 MODEL_ARTIFACT = "model"
 
@@ -93,3 +94,4 @@ RUN_STATUS_FOR_STATE = {
 
 # --- environment ---
 ENV_STRICT = "MLFLOW_HPO_STRICT"
+ENV_REPORTS = "MLFLOW_HPO_REPORTS"  # "0" turns off the reports written when a study closes

@@ -24,6 +24,8 @@ def _strict_and_no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
     """Logging errors raise in tests; no test may leave an active run behind, nor write
     into the working tree (MLflow's default artifact root is ./mlruns of the cwd)."""
     monkeypatch.setenv("MLFLOW_HPO_STRICT", "1")
+    # Reports take a second or two per study: only tests/test_reports.py turns them on.
+    monkeypatch.setenv("MLFLOW_HPO_REPORTS", "0")
     monkeypatch.chdir(tmp_path)
     yield
     leaked = mlflow.active_run()

@@ -43,6 +43,8 @@ class MlflowTunerMixin:
             with ``tuner.load_model``, as an MLflow ``keras`` model.
         synchronous: ``False`` writes from a background thread.
         strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
+        verbose: ``0`` hides the progress line (trials done, best so far, ETA), which is
+            shown only when stderr is a terminal.
         freeze_gc: Keras Tuner runs a full ``gc.collect()`` before every build. The tracking
             store brings in SQLAlchemy and Alembic (~150k long-lived objects) that each of
             those collections would walk again. With ``True`` (default) the search runs
@@ -69,6 +71,7 @@ class MlflowTunerMixin:
         log_models: str | int = "best",
         synchronous: bool = True,
         strict: bool | None = None,
+        verbose: int = 1,
         freeze_gc: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -79,6 +82,7 @@ class MlflowTunerMixin:
             log_models=log_models,
             synchronous=synchronous,
             strict=strict,
+            verbose=verbose,
         )
         self._mlflow_open_trials: dict[str, tuple[TrialRun, ExitStack]] = {}
         self._mlflow_attempts: dict[str, int] = {}
@@ -209,6 +213,8 @@ class MlflowTunerMixin:
         # A project directory recreated by overwrite=True is a new study: new nonce, new key.
         state.setdefault("study_nonce", uuid.uuid4().hex)
         oracle = self.oracle  # type: ignore[attr-defined]
+        if isinstance(getattr(oracle, "max_trials", None), int):
+            self._mlflow.progress.total = oracle.max_trials
         parent = self._mlflow.open(
             str(getattr(self, "project_name", None) or "keras_tuner"),
             key=_parent.study_key(

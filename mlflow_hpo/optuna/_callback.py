@@ -52,6 +52,8 @@ class MlflowStudyCallback:
         log_models: ``"best"`` (default), ``"all"``, ``"none"`` or an int k (top k).
         synchronous: ``False`` writes from a background thread so logging overlaps training.
         strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
+        verbose: ``0`` hides the progress line (trials done, best so far, ETA), which is
+            shown only when stderr is a terminal.
         tag_trial_user_attrs: Trial user attributes become ``user_attr.*`` tags.
 
     Raises:
@@ -75,6 +77,7 @@ class MlflowStudyCallback:
         *,
         synchronous: bool = True,
         strict: bool | None = None,
+        verbose: int = 1,
         tag_trial_user_attrs: bool = True,
     ) -> None:
         self._metric_name = _check_metric_name(metric_name)
@@ -85,6 +88,7 @@ class MlflowStudyCallback:
             log_models=log_models,
             synchronous=synchronous,
             strict=strict,
+            verbose=verbose,
         )
         self._user_attrs = tag_trial_user_attrs
         self._study: optuna.Study | None = None

@@ -344,6 +344,7 @@ def tracked_sampler(
     log_models: str | int = "best",
     synchronous: bool = True,
     strict: bool | None = None,
+    verbose: int = 1,
     study_name: str | None = None,
 ) -> TrackedSampler:
     """Track a hand-written loop over ``ParameterSampler``/``ParameterGrid``: one child run
@@ -354,7 +355,7 @@ def tracked_sampler(
         objective: The metric that ranks trials; default: the first metric the first trial
             logs with ``trial.log(...)``.
         direction: ``"maximize"`` or ``"minimize"`` the objective.
-        experiment_name / tracking_uri / log_models / synchronous / strict: As for the
+        experiment_name / tracking_uri / log_models / synchronous / strict / verbose: As for the
             other backends.
         study_name: The parent run's name (default: the sampler's class name).
 
@@ -389,6 +390,9 @@ def tracked_sampler(
         log_models=log_models,
         synchronous=synchronous,
         strict=strict,
+        verbose=verbose,
     )
     tracker.policy.directions = [direction]
+    if hasattr(sampler, "__len__"):
+        tracker.progress.total = len(sampler)
     return TrackedSampler(sampler, tracker, study_name or type(sampler).__name__, objective)

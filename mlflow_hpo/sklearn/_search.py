@@ -63,6 +63,7 @@ def track_search(
     log_models: str | int = "best",
     synchronous: bool = True,
     strict: bool | None = None,
+    verbose: int = 1,
     max_child_runs: int | None = None,
 ) -> Any:
     """Track every ``fit`` of a scikit-learn search CV; returns the same object.
@@ -74,7 +75,7 @@ def track_search(
     Args:
         search: ``GridSearchCV``, ``RandomizedSearchCV``, ``HalvingGridSearchCV``,
             ``HalvingRandomSearchCV`` or any other ``BaseSearchCV``.
-        experiment_name / tracking_uri / log_models / synchronous / strict: As for the
+        experiment_name / tracking_uri / log_models / synchronous / strict / verbose: As for the
             other backends. Only the refitted best estimator exists to be logged.
         max_child_runs: Log at most this many candidates (the best ranked); the parent's
             ``mlflow_hpo.left_out_candidates`` tag says how many were left out.
@@ -104,6 +105,7 @@ def track_search(
         log_models=log_models,
         synchronous=synchronous,
         strict=strict,
+        verbose=verbose,
     )
     original_fit = search.fit
 
