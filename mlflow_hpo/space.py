@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,7 @@ class Dimension:
         return self.values[0] if self.kind in ("choice", "boolean") else self.low
 
 
-class HP:
+class HP(ABC):
     """The ``hp`` a space builder receives. Subclasses decide where values come from."""
 
     def __init__(self) -> None:
@@ -84,8 +85,9 @@ class HP:
         self.dimensions[dimension.name] = dimension
         return self._suggest(dimension)
 
+    @abstractmethod
     def _suggest(self, dimension: Dimension) -> Any:
-        raise NotImplementedError  # pragma: no cover - every adapter defines it
+        """The value of ``dimension``: suggested by the backend, or given up front."""
 
 
 def _check_range(name: str, low: Any, high: Any, kind: type) -> None:
