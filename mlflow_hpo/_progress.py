@@ -42,8 +42,11 @@ class Progress:
         self._lock = threading.Lock()
 
     def start(self, label: str, objective: str, maximize: bool) -> None:
-        self.label, self.objective, self.maximize = label, objective, maximize
-        self._start = time.monotonic()
+        """A new session (e.g. the next ``fit()`` of a tracked search) counts from zero."""
+        with self._lock:
+            self.label, self.objective, self.maximize = label, objective, maximize
+            self.done, self.best = 0, None
+            self._start = time.monotonic()
 
     @property
     def shown(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import optuna
@@ -99,9 +101,10 @@ def test_optuna_promote_load_rebuild_and_promote_again(
     assert np.asarray(pyfunc.predict(xv[:5])).shape == (5, 10)
 
 
-def test_keras_tuner_promote_and_load(
-    client: MlflowClient, tracking_uri: str, digits, tmp_path
+def test_keras_tuner_promote_load_and_report(
+    client: MlflowClient, tracking_uri: str, digits, tmp_path, monkeypatch
 ) -> None:
+    monkeypatch.setenv("MLFLOW_HPO_REPORTS", "1")  # Keras Tuner importances, via Optuna
     x, y, xv, yv = digits
     tuner = RandomSearch(
         build,
@@ -121,6 +124,11 @@ def test_keras_tuner_promote_and_load(
     assert _val_accuracy(model, xv, yv) == pytest.approx(best.data.metrics["val_accuracy"], 1e-6)
     rebuilt = mlflow_hpo.rebuild(build, best)  # Keras Tuner HyperParameters with the values
     assert _val_accuracy(rebuilt, xv, yv) == pytest.approx(done.value, abs=1e-6)
+    report = client.download_artifacts(parent.info.run_id, "reports/param_importances.html")
+    html = Path(report).read_text()
+    assert "Plotly.newPlot" in html and "learning_rate" in html
+    curves = client.download_artifacts(parent.info.run_id, "reports/intermediate_values.png")
+    assert Path(curves).stat().st_size > 1000
 
 
 def test_sklearn_sampler_promote_load_and_only_if_better(
