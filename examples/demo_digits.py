@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     study = optuna.create_study(
         study_name="optuna", direction="maximize", sampler=optuna.samplers.TPESampler(seed=0)
     )
-    with MlflowStudyCallback(metric_name="val_accuracy", **common) as callback:
+    with MlflowStudyCallback(
+        metric_name="val_accuracy", expected_trials=args.n_trials, **common
+    ) as callback:
 
         def objective(trial: optuna.Trial) -> float:
             history = build_space_cnn(trial).fit(x, y, **fit)

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
         metric_name="val_accuracy",
         tracking_uri=args.tracking_uri,
         log_models="best",
+        expected_trials=args.n_trials,  # for the progress line's ETA
     ) as tracker:
         study.optimize(
             tracker.track(make_objective(args.epochs)), n_trials=args.n_trials, callbacks=[tracker]

@@ -52,3 +52,26 @@ def test_quiet_with_verbose_0_and_without_a_terminal(
     assert "[mlflow-hpo]" not in terminal.getvalue() + log.getvalue()
     with pytest.raises(ConfigurationError, match="verbose"):
         tracked_sampler(ParameterGrid({"x": [1]}), verbose=-1)
+
+
+def test_optuna_shows_an_eta_when_told_how_many_trials_to_expect(
+    client: MlflowClient, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from mlflow_hpo.optuna import MlflowStudyCallback
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    study = optuna.create_study(study_name="eta")
+    with MlflowStudyCallback(
+        experiment_name="eta", metric_name="loss", expected_trials=4
+    ) as tracker:
+        study.optimize(
+            tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=4, callbacks=[tracker]
+        )
+    updates = terminal.getvalue().rstrip("\n").split("\r")[1:]
+    assert updates[0].startswith("[mlflow-hpo] eta: 1/4 trials, best loss")
+    assert "ETA" in updates[2] and updates[3].startswith("[mlflow-hpo] eta: 4/4 trials")
+    with pytest.raises(ConfigurationError, match="expected_trials"):
+        MlflowStudyCallback(expected_trials=0)

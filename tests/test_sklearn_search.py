@@ -9,7 +9,7 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_no_running, study_runs
+from conftest import all_runs, assert_no_running, study_runs
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401
@@ -177,3 +177,21 @@ def test_a_failing_fit_propagates_and_ends_the_parent_failed(
         search.fit(x, y[:10])  # inconsistent lengths: scikit-learn's own error, unchanged
     runs = client.search_runs([client.get_experiment_by_name("broken").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_a_fitted_tracked_search_pickles_as_the_plain_search(
+    client: MlflowClient, tracking_uri: str, data
+) -> None:
+    import pickle
+
+    x, y = data
+    search = track_search(
+        GridSearchCV(DecisionTreeClassifier(random_state=0), {"max_depth": [2, 4]}, cv=2),
+        experiment_name="pickled",
+    )
+    search.fit(x, y)
+    loaded = pickle.loads(pickle.dumps(search))
+    assert type(loaded) is GridSearchCV and "fit" not in vars(loaded)
+    assert (loaded.predict(x) == search.predict(x)).all()
+    loaded.fit(x, y)  # the plain search: fits, logs nothing
+    assert len(all_runs(client, "pickled")) == 3  # one parent, two candidates: the first fit

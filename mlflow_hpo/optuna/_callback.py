@@ -54,6 +54,8 @@ class MlflowStudyCallback:
         strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
         verbose: ``0`` hides the progress line (trials done, best so far, ETA), which is
             shown only when stderr is a terminal.
+        expected_trials: The ``n_trials`` you pass to ``optimize`` (Optuna does not tell
+            callbacks), so the progress line can show an ETA.
         tag_trial_user_attrs: Trial user attributes become ``user_attr.*`` tags.
 
     Raises:
@@ -78,9 +80,18 @@ class MlflowStudyCallback:
         synchronous: bool = True,
         strict: bool | None = None,
         verbose: int = 1,
+        expected_trials: int | None = None,
         tag_trial_user_attrs: bool = True,
     ) -> None:
         self._metric_name = _check_metric_name(metric_name)
+        if expected_trials is not None and (
+            isinstance(expected_trials, bool)
+            or not isinstance(expected_trials, int)
+            or expected_trials < 1
+        ):
+            raise ConfigurationError(
+                "expected_trials", "None or a positive int (optimize's n_trials)", expected_trials
+            )
         self._tracker = StudyTracker(
             "optuna",
             experiment_name=experiment_name,
@@ -90,6 +101,7 @@ class MlflowStudyCallback:
             strict=strict,
             verbose=verbose,
         )
+        self._tracker.progress.total = expected_trials
         self._user_attrs = tag_trial_user_attrs
         self._study: optuna.Study | None = None
         self._names: list[str] = []

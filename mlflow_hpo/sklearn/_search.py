@@ -156,7 +156,17 @@ def track_search(
             tracker.close(status)
 
     search.fit = _Hook(fit)
+    search.__getstate__ = _Hook(lambda: _untracked_state(search))
     return search
+
+
+def _untracked_state(search: Any) -> dict[str, Any]:
+    """What pickling a tracked search keeps: everything but our hooks, so a fitted search
+    saved with joblib or pickle loads back as the plain scikit-learn search it is."""
+    state: dict[str, Any] = dict(BaseSearchCV.__getstate__(search))
+    for key in [k for k, v in state.items() if isinstance(v, _Hook)]:
+        del state[key]
+    return state
 
 
 def _objective(search: Any) -> str:
