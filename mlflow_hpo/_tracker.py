@@ -44,6 +44,8 @@ class StudyTracker:
         synchronous: ``False`` writes on a background thread; ``flush()`` waits.
         strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
         verbose: ``0`` hides the progress line (shown only on a terminal anyway).
+        reports: Write the study's charts (``reports/``) when it closes; ``None`` follows
+            ``MLFLOW_HPO_REPORTS`` (default: on).
 
     Raises:
         ConfigurationError: An argument is invalid (nothing has been written yet).
@@ -59,6 +61,7 @@ class StudyTracker:
         synchronous: bool = True,
         strict: bool | None = None,
         verbose: int = 1,
+        reports: bool | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigurationError("backend", f"one of {BACKENDS}", backend)
@@ -69,6 +72,8 @@ class StudyTracker:
         self.safety = Safety(strict)
         self.writer = RunWriter(self.safety, validate_bool("synchronous", synchronous))
         self.progress = Progress(check_verbose(verbose))
+        # Charts on the study run when it closes; MLFLOW_HPO_REPORTS only sets the default.
+        self.reports = _reports.enabled() if reports is None else validate_bool("reports", reports)
         self.objective_names: list[str] = ["value"]
         self.parent: Run | None = None
         self.experiment_id: str | None = None
@@ -347,7 +352,7 @@ class StudyTracker:
             self.writer.flush()
         with self._lock:
             self.closed = True
-        if end_parent and _reports.enabled():
+        if end_parent and self.reports:
             with self.safety.guard("writing the study reports"):
                 _reports.write_for_run(self.client, self.parent)
         with self.safety.guard("ending the study's parent run"):

@@ -17,6 +17,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.tree import DecisionTreeClassifier
 
 from mlflow_hpo.cli import cli
+from mlflow_hpo.errors import ConfigurationError
 from mlflow_hpo.layers import LayerGuard
 from mlflow_hpo.optuna import MlflowStudyCallback
 from mlflow_hpo.reports import REPORTS
@@ -115,3 +116,18 @@ def test_cli_report_regenerates_the_reports_of_an_existing_study(
     assert "reports/optimization_history.html" in result.output.splitlines()
     pages = _check_reports(client, parent.info.run_id)
     assert "x" in pages["parallel_coordinate"]
+
+
+def test_the_reports_argument_overrides_the_environment_default(
+    client: MlflowClient, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HPO_REPORTS", "1")
+    study = optuna.create_study()
+    with MlflowStudyCallback(experiment_name="no-charts", reports=False) as tracker:
+        study.optimize(
+            tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=2, callbacks=[tracker]
+        )
+    parent, _ = study_runs(client, "no-charts")
+    assert client.list_artifacts(parent.info.run_id, "reports") == []
+    with pytest.raises(ConfigurationError, match="reports"):
+        MlflowStudyCallback(reports="yes")

@@ -45,6 +45,8 @@ class MlflowTunerMixin:
         strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
         verbose: ``0`` hides the progress line (trials done, best so far, ETA), which is
             shown only when stderr is a terminal.
+        reports: Write the study's charts to its run's ``reports/`` folder when it closes;
+            ``None`` follows ``MLFLOW_HPO_REPORTS`` (default: on).
         freeze_gc: Keras Tuner runs a full ``gc.collect()`` before every build. The tracking
             store brings in SQLAlchemy and Alembic (~150k long-lived objects) that each of
             those collections would walk again. With ``True`` (default) the search runs
@@ -72,6 +74,7 @@ class MlflowTunerMixin:
         synchronous: bool = True,
         strict: bool | None = None,
         verbose: int = 1,
+        reports: bool | None = None,
         freeze_gc: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -83,6 +86,7 @@ class MlflowTunerMixin:
             synchronous=synchronous,
             strict=strict,
             verbose=verbose,
+            reports=reports,
         )
         self._mlflow_open_trials: dict[str, tuple[TrialRun, ExitStack]] = {}
         self._mlflow_attempts: dict[str, int] = {}

@@ -54,6 +54,8 @@ class MlflowStudyCallback:
         strict: Raise logging errors instead of warning (default: ``MLFLOW_HPO_STRICT``).
         verbose: ``0`` hides the progress line (trials done, best so far, ETA), which is
             shown only when stderr is a terminal.
+        reports: Write the study's charts to its run's ``reports/`` folder when it closes;
+            ``None`` follows ``MLFLOW_HPO_REPORTS`` (default: on).
         expected_trials: The ``n_trials`` you pass to ``optimize`` (Optuna does not tell
             callbacks), so the progress line can show an ETA.
         tag_trial_user_attrs: Trial user attributes become ``user_attr.*`` tags.
@@ -80,6 +82,7 @@ class MlflowStudyCallback:
         synchronous: bool = True,
         strict: bool | None = None,
         verbose: int = 1,
+        reports: bool | None = None,
         expected_trials: int | None = None,
         tag_trial_user_attrs: bool = True,
     ) -> None:
@@ -100,6 +103,7 @@ class MlflowStudyCallback:
             synchronous=synchronous,
             strict=strict,
             verbose=verbose,
+            reports=reports,
         )
         self._tracker.progress.total = expected_trials
         self._user_attrs = tag_trial_user_attrs

@@ -13,7 +13,8 @@ except ImportError as _error:  # pragma: no cover - only without the extra
 
     raise MissingExtraError("scikit-learn", "sklearn") from _error
 
-from mlflow_hpo.sklearn._sampler import SamplerTrial, TrackedSampler, tracked_sampler
+from mlflow_hpo.sklearn._sampler import TrackedSampler, tracked_sampler
+from mlflow_hpo.sklearn._sampler_trial import SamplerTrial
 from mlflow_hpo.sklearn._scorer import MlflowScorer
 from mlflow_hpo.sklearn._search import track_search
 

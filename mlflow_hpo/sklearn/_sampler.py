@@ -2,10 +2,11 @@
 
 The loop body is the trial. A trial ends COMPLETE when the loop asks for the next sample
 (or runs out); a body that raises ends its trial FAILED (KILLED for Ctrl-C) and the
-exception propagates unchanged. Python tells an iterator nothing about why a ``for`` loop
-stopped pulling from it, so the loop object finds out when CPython drops it: a ``break`` or
-``return`` pops it at a plain stack-pop instruction, an exception pops it while unwinding
-from the instruction that raised.
+exception propagates unchanged. The iterator is a generator, so a ``for`` loop that stops
+early closes it (``GeneratorExit``) at once. Python does not say why the loop stopped, so
+the generator reads it off the frame that dropped it: a ``break`` or ``return`` pops the
+iterator at a plain stack-pop instruction, an exception pops it while unwinding from the
+instruction that raised.
 """
 
 from __future__ import annotations
@@ -16,95 +17,22 @@ import signal
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from typing import Any
 
 from mlflow_hpo import _batch, _keras, names
 from mlflow_hpo._summary import StudySummary
 from mlflow_hpo._tracker import StudyTracker
-from mlflow_hpo._trial import TrialResult, TrialRun, activate
+from mlflow_hpo._trial import TrialResult, activate
 from mlflow_hpo.errors import ConfigurationError
+from mlflow_hpo.sklearn._sampler_trial import SamplerTrial
 
 # Instructions at which a for loop's iterator is dropped without an exception in flight.
 _NORMAL_EXITS = frozenset(
     {"POP_TOP", "END_FOR", "POP_ITER", "RETURN_VALUE", "RETURN_CONST", "SWAP", "NOP"}
 )
 _DIRECTIONS = ("maximize", "minimize")
-
-
-class SamplerTrial:
-    """One sample of a tracked loop: log metrics and the model of this trial.
-
-    Attributes:
-        number: The trial number (0, 1, ...), also the run's name ``trial-<number>``.
-        params: The sampled hyperparameters.
-    """
-
-    def __init__(self, tracker: StudyTracker, handle: TrialRun, params: dict[str, Any]):
-        self._tracker = tracker
-        self._handle = handle
-        self.number = handle.number
-        self.params = params
-        self.values: dict[str, float] = {}
-
-    @property
-    def run_id(self) -> str:
-        """The trial's MLflow run id (the run is created now if it was not yet)."""
-        return self._handle.run_id
-
-    def log(self, step: int | None = None, **metrics: float) -> None:
-        """Log metrics of this trial.
-
-        Without ``step``: the trial's final values (the objective among them), written when
-        the trial ends; a later call overrides a name. With ``step`` (e.g. the epoch): one
-        point of each metric's history, written now.
-        """
-        bad = {k: v for k, v in metrics.items() if not _is_number(v)}
-        if bad:
-            raise ConfigurationError("metrics", "numbers (int or float)", bad)
-        if step is not None:
-            self._tracker.log_live(self._handle, metrics, int(step))
-            return
-        self.values.update({k: float(v) for k, v in metrics.items()})
-
-    def log_model(self, model: Any) -> None:
-        """Offer the trained model; the ``log_models`` policy decides whether it is logged."""
-        self._handle.model = model
-        self._handle.model_explicit = True
-
-    def add_output_exceptions(self, layer_names: Iterable[str]) -> None:
-        """Record layers the builder had to skip (the "output exception list")."""
-        if isinstance(layer_names, str):
-            raise ConfigurationError("layer_names", "a list of layer names", layer_names)
-        self._handle.add_output_exceptions(list(layer_names))
-
-    def build(self, builder: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call ``builder(params, ...)`` and return the model.
-
-        A builder that returns ``(model, output_exception_list)``, as in the common recipe,
-        has the list recorded on the trial; a builder using ``LayerGuard`` needs nothing.
-        """
-        built = builder(self.params, *args, **kwargs)
-        if (
-            isinstance(built, tuple)
-            and len(built) == 2
-            and isinstance(built[1], list | tuple)
-            and all(isinstance(n, str) for n in built[1])
-        ):
-            self.add_output_exceptions(built[1])
-            return built[0]
-        return built
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool | str | bytes):
-        return False
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 class TrackedSampler:
@@ -117,7 +45,18 @@ class TrackedSampler:
         self.objective = objective
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], SamplerTrial]]:
-        return _Loop(self)
+        loop = _Loop(self)
+        try:
+            while (item := loop.next()) is not None:
+                yield item
+        except GeneratorExit:
+            # The for loop dropped us mid-study: break, return, or an exception in the body.
+            try:
+                frame: Any = sys._getframe(1)
+            except ValueError:  # closed with no Python caller (interpreter exit)
+                frame = None
+            loop.abandoned(frame)
+            raise
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -140,18 +79,16 @@ class _Loop:
         self.closed = False
         self._previous_sigint: Any = None
 
-    def __iter__(self) -> _Loop:
-        return self
-
-    def __next__(self) -> tuple[dict[str, Any], SamplerTrial]:
+    def next(self) -> tuple[dict[str, Any], SamplerTrial] | None:
+        """End the previous trial COMPLETE; start the next one (``None``: no more samples)."""
         if self.closed:
-            raise StopIteration
+            return None
         self._end_trial(names.STATE_COMPLETE)
         try:
             params = next(self.samples)
         except StopIteration:
             self._close("FINISHED")
-            raise
+            return None
         if not isinstance(params, Mapping):
             self._close("FAILED")
             raise ConfigurationError(
@@ -274,13 +211,10 @@ class _Loop:
         summary.trials_table = table
         return summary
 
-    def __del__(self) -> None:
+    def abandoned(self, frame: Any) -> None:
+        """The loop stopped pulling samples; ``frame`` is the one that dropped it."""
         if self.closed:
             return
-        try:
-            frame = sys._getframe(1)
-        except ValueError:  # dropped at interpreter exit: nothing tells why
-            frame = None
         if self.current is None:  # abandoned between trials: the study simply stops
             self._close("FINISHED")
             return
@@ -302,8 +236,7 @@ class _Loop:
 def _sigint_handler(loop: _Loop, previous: Any) -> Any:
     """Note Ctrl-C on the loop, then do what was done before (raise KeyboardInterrupt).
 
-    Holds the loop weakly: the loop must die when the ``for`` drops it, which is how it
-    learns that the loop ended.
+    Holds the loop weakly: nothing of ours may keep a loop the ``for`` has dropped alive.
     """
     ref = weakref.ref(loop)
 
@@ -345,6 +278,7 @@ def tracked_sampler(
     synchronous: bool = True,
     strict: bool | None = None,
     verbose: int = 1,
+    reports: bool | None = None,
     study_name: str | None = None,
 ) -> TrackedSampler:
     """Track a hand-written loop over ``ParameterSampler``/``ParameterGrid``: one child run
@@ -355,8 +289,8 @@ def tracked_sampler(
         objective: The metric that ranks trials; default: the first metric the first trial
             logs with ``trial.log(...)``.
         direction: ``"maximize"`` or ``"minimize"`` the objective.
-        experiment_name / tracking_uri / log_models / synchronous / strict / verbose: As for the
-            other backends.
+        experiment_name / tracking_uri / log_models / synchronous / strict / verbose /
+            reports: As for the other backends.
         study_name: The parent run's name (default: the sampler's class name).
 
     Raises:
@@ -391,6 +325,7 @@ def tracked_sampler(
         synchronous=synchronous,
         strict=strict,
         verbose=verbose,
+        reports=reports,
     )
     tracker.policy.directions = [direction]
     if hasattr(sampler, "__len__"):

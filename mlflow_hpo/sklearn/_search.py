@@ -64,6 +64,7 @@ def track_search(
     synchronous: bool = True,
     strict: bool | None = None,
     verbose: int = 1,
+    reports: bool | None = None,
     max_child_runs: int | None = None,
 ) -> Any:
     """Track every ``fit`` of a scikit-learn search CV; returns the same object.
@@ -75,8 +76,9 @@ def track_search(
     Args:
         search: ``GridSearchCV``, ``RandomizedSearchCV``, ``HalvingGridSearchCV``,
             ``HalvingRandomSearchCV`` or any other ``BaseSearchCV``.
-        experiment_name / tracking_uri / log_models / synchronous / strict / verbose: As for the
-            other backends. Only the refitted best estimator exists to be logged.
+        experiment_name / tracking_uri / log_models / synchronous / strict / verbose /
+            reports: As for the other backends. Only the refitted best estimator exists to
+            be logged.
         max_child_runs: Log at most this many candidates (the best ranked); the parent's
             ``mlflow_hpo.left_out_candidates`` tag says how many were left out.
 
@@ -106,6 +108,7 @@ def track_search(
         synchronous=synchronous,
         strict=strict,
         verbose=verbose,
+        reports=reports,
     )
     original_fit = search.fit
 
