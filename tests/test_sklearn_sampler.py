@@ -88,8 +88,8 @@ def test_an_exception_in_the_body_fails_that_trial_and_propagates(
     assert [t.info.status for t in trials] == ["FINISHED", "FAILED"]
     assert parent.info.status == "FAILED"
     assert trials[1].data.tags[names.TAG_STATE] == names.STATE_FAIL
-    error = Path(client.download_artifacts(trials[1].info.run_id, "error.txt"))
-    assert "raised" in error.read_text()
+    error = Path(client.download_artifacts(trials[1].info.run_id, "error.txt")).read_text()
+    assert __file__ in error and "raise error" in error  # where the body raised it
     assert_no_running(client, "fails")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dis
+import linecache
 import signal
 import sys
 import threading
@@ -222,11 +223,7 @@ class _Loop:
             self._end_trial(names.STATE_KILLED)
             self._close("KILLED")
         elif frame is not None and _unwinding(frame):
-            self._end_trial(
-                names.STATE_FAIL,
-                "The loop body raised an exception; it propagated unchanged to the caller, "
-                "whose traceback shows it.",
-            )
+            self._end_trial(names.STATE_FAIL, _where(frame))
             self._close("FAILED")
         else:  # break or return: the body of this trial ran to its end
             self._end_trial(names.STATE_COMPLETE)
@@ -247,6 +244,17 @@ def _sigint_handler(loop: _Loop, previous: Any) -> Any:
         return previous(signum, frame)
 
     return handler
+
+
+def _where(frame: Any) -> str:
+    """What we can say of an exception we never see: where the loop body raised it."""
+    code = frame.f_code
+    line = linecache.getline(code.co_filename, frame.f_lineno).strip()
+    return (
+        f"The loop body raised an exception at {code.co_filename}, line {frame.f_lineno}, in "
+        f"{code.co_name}:\n    {line}\nIt propagated unchanged to the caller, whose "
+        "traceback shows it (Python does not hand it to the loop's iterator).\n"
+    )
 
 
 def _unwinding(frame: Any) -> bool:
