@@ -72,6 +72,7 @@ def test_scikeras_search_keeps_weights_and_exception_lists(
             scoring=MlflowScorer("accuracy"),
         ),
         experiment_name="scikeras",
+        synchronous=False,  # live folds go through the writer thread: each list kept once
     )
     search.fit(x, y)
     parent, trials = study_runs(client, "scikeras")

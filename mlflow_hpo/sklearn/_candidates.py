@@ -84,8 +84,8 @@ def log_candidates(
             distributions={k: repr(v) for k, v in _space(search).items()},
             values=values,
             histories=histories,
-            extra_params={k: _plain(v) for k, v in extra_params.items()},
-            tags={f"cv.{k}": _plain(v) for k, v in extra.items()},
+            extra_params={k: plain(v) for k, v in extra_params.items()},
+            tags={f"cv.{k}": plain(v) for k, v in extra.items()},
             start_ms=first_ms,
             end_ms=last_ms,
             error="\n\n".join(errors) or None,
@@ -142,5 +142,6 @@ def _space(search: Any) -> dict[str, Any]:
     return {}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (params, tags)."""
     return value.item() if isinstance(value, np.generic) else value

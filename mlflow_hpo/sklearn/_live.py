@@ -18,6 +18,7 @@ from typing import Any
 from mlflow_hpo import _batch, names
 from mlflow_hpo._tracker import StudyTracker
 from mlflow_hpo._trial import TrialResult
+from mlflow_hpo.sklearn._candidates import plain as _plain
 from mlflow_hpo.sklearn._scorer import FoldRecord, MlflowScorer, read_records
 
 POLL_S = 0.5
@@ -84,17 +85,15 @@ class LiveFolds:
         start, end = self.spans.get(key, (record.time_ms - busy_ms, record.time_ms))
         self.spans[key] = (min(start, record.time_ms - busy_ms), max(end, record.time_ms))
         handle = self.tracker.trial(key, row, start)
-        fresh = not handle.created
         values = {f"{record.part}_{k}": v for k, v in record.scores.items()}
         if record.part == "test":
             values["score_time"] = record.score_time
             if record.fit_time is not None:
                 values["fit_time"] = record.fit_time
-        if record.part == "test":
             self.tests.setdefault(key, {})[int(record.fold)] = record.scores
         self.tracker.log_live(handle, values, int(record.fold))
         self.logged.setdefault(key, set()).update((k, int(record.fold)) for k in values)
-        if fresh:
+        if key not in self.meta:  # the candidate's first fold (its run may not exist yet)
             handle.add_output_exceptions(record.output_exceptions)
             index = int(record.candidate)
             params = self.candidates[index] if index < len(self.candidates) else record.params
@@ -131,7 +130,3 @@ class LiveFolds:
         self.drain()
         self.scorer.spool = None
         shutil.rmtree(self.spool, ignore_errors=True)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") and callable(value.item) else value
