@@ -167,3 +167,23 @@ def find_trial_run(
         1,
     )
     return found[0].info.run_id if found else None
+
+
+def study_objective(study: Run) -> tuple[str, str]:
+    """``(objective, direction)`` a study run records: its first objective and direction."""
+    tags = study.data.tags
+    objective = tags.get(names.TAG_OBJECTIVES, "value").split(",")[0]
+    return objective, tags.get(names.TAG_DIRECTIONS, "minimize").split(",")[0]
+
+
+def ranked_trials(trials: list[Run], objective: str, direction: str) -> list[Run]:
+    """Best first by ``objective`` in ``direction``; trials without a value last; ties go
+    to the earlier trial (as Optuna's ``best_trial`` does)."""
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(run: Run) -> tuple[bool, float, int]:
+        value = run.data.metrics.get(objective)
+        number = int(run.data.params.get(names.PARAM_TRIAL_NUMBER, 0))
+        return (value is None, sign * value if value is not None else 0.0, number)
+
+    return sorted(trials, key=key)

@@ -91,8 +91,7 @@ def show(study: str, top: int, experiment_name: str | None, tracking_uri: str | 
     except MlflowHpoError as error:
         raise click.ClickException(str(error)) from error
     tags = parent.data.tags
-    objective = tags.get(names.TAG_OBJECTIVES, "value").split(",")[0]
-    direction = tags.get(names.TAG_DIRECTIONS, "minimize").split(",")[0]
+    objective, direction = _parent.study_objective(parent)
     trials = _parent.child_runs(client, parent.info.experiment_id, parent.info.run_id)
     click.echo(
         f"study {tags.get(names.TAG_STUDY_NAME, '')!r}  run {parent.info.run_id}  "
@@ -106,7 +105,7 @@ def show(study: str, top: int, experiment_name: str | None, tracking_uri: str | 
         f"objective {objective} ({direction}); {len(trials)} trials: "
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     )
-    click.echo(_table(_ranked(trials, objective, direction)[:top], objective))
+    click.echo(_table(_parent.ranked_trials(trials, objective, direction)[:top], objective))
 
 
 @cli.command()
@@ -125,17 +124,6 @@ def report(study: str, experiment_name: str | None, tracking_uri: str | None) ->
         raise click.ClickException(str(error)) from error
     for path in written:
         click.echo(path)
-
-
-def _ranked(trials: list[Run], objective: str, direction: str) -> list[Run]:
-    sign = -1.0 if direction == "maximize" else 1.0
-
-    def key(run: Run) -> tuple[int, float, int]:
-        value = run.data.metrics.get(objective)
-        number = int(run.data.params.get(names.PARAM_TRIAL_NUMBER, 0))
-        return (value is None, sign * value if value is not None else 0.0, number)
-
-    return sorted(trials, key=key)
 
 
 def _table(trials: list[Run], objective: str) -> str:

@@ -88,8 +88,7 @@ def find_study(client: MlflowClient, study: Any, experiment_name: str | None = N
 
 def best_trial(client: MlflowClient, study: Run) -> tuple[Run, str, str, float]:
     """``(trial run, objective, direction, value)`` of the study's best FINISHED trial."""
-    objective = study.data.tags.get(names.TAG_OBJECTIVES, "value").split(",")[0]
-    direction = study.data.tags.get(names.TAG_DIRECTIONS, "minimize").split(",")[0]
+    objective, direction = _parent.study_objective(study)
     trials = [
         run
         for run in _parent.child_runs(client, study.info.experiment_id, study.info.run_id)
@@ -101,8 +100,7 @@ def best_trial(client: MlflowClient, study: Run) -> tuple[Run, str, str, float]:
             f"{objective!r}, so there is no best trial to promote. Let the search complete "
             "at least one trial (failed, pruned and killed trials do not count)."
         )
-    sign = 1.0 if direction == "maximize" else -1.0
-    best = max(trials, key=lambda r: (sign * r.data.metrics[objective], -r.info.start_time))
+    best = _parent.ranked_trials(trials, objective, direction)[0]
     return best, objective, direction, float(best.data.metrics[objective])
 
 

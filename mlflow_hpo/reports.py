@@ -137,8 +137,7 @@ def _study(client: MlflowClient, parent: Run, trials: list[Run]) -> tuple[Any, C
     import optuna
 
     tags = parent.data.tags
-    objective = tags.get(names.TAG_OBJECTIVES, "value").split(",")[0]
-    direction = tags.get(names.TAG_DIRECTIONS, "minimize").split(",")[0]
+    objective, direction = _parent.study_objective(parent)
     hyper = {
         k[len(names.TAG_BEST_PARAM_PREFIX) :]
         for k in tags

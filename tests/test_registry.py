@@ -99,6 +99,10 @@ def test_optuna_promote_load_rebuild_and_promote_again(
     assert len(client.search_model_versions("name = 'digits-cnn'")) == 1
     pyfunc = load_best("digits-cnn", flavor="pyfunc")
     assert np.asarray(pyfunc.predict(xv[:5])).shape == (5, 10)
+    with pytest.raises(ConfigurationError, match="alias='production'"):
+        load_best("digits-cnn", alias="production")  # names the promote_best call that sets it
+    with pytest.raises(ConfigurationError, match="'native' or 'pyfunc'"):
+        load_best("digits-cnn", flavor="onnx")
 
 
 def test_keras_tuner_promote_load_and_report(
