@@ -20,7 +20,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import optuna
-from digits_common import DEFAULT_TRACKING_URI, build_space_cnn, digits
+from digits_common import DEFAULT_TRACKING_URI, build_space_cnn, default_experiment, digits
 
 from mlflow_hpo.keras_tuner import RandomSearch
 from mlflow_hpo.optuna import MlflowStudyCallback
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-trials", type=int, default=4, help="trials per backend")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--experiment-name", default="digits-demo")
+    parser.add_argument("--experiment-name", default=default_experiment("digits-demo"))
     parser.add_argument("--model-name", default="digits-cnn")
     parser.add_argument(
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             return history.history["val_accuracy"][-1]  # the logged model is the last epoch's
 
         study.optimize(callback.track(objective), n_trials=args.n_trials, callbacks=[callback])
-    studies["optuna"] = callback.parent_run_id
+    studies["optuna"] = callback.study_run_id
 
     # Keras Tuner: the builder is the hypermodel.
     tuner = RandomSearch(
@@ -70,19 +70,21 @@ def main(argv: list[str] | None = None) -> None:
         **common,
     )
     tuner.search(x, y, **fit)
-    studies["keras_tuner"] = tuner.mlflow_parent_run_id
+    studies["keras_tuner"] = tuner.study_run_id
 
     # scikit-learn: a ParameterSampler over the same space, the builder takes each sample.
     samples = tracked_sampler(
         build_space_cnn.sampler(args.n_trials, random_state=0),
         objective="val_accuracy",
+        direction="maximize",
         study_name="sklearn",
         **common,
     )
-    for _params, trial in samples:
-        history = trial.build(build_space_cnn).fit(x, y, **fit)
-        trial.log(val_accuracy=history.history["val_accuracy"][-1])
-    studies["sklearn"] = samples.parent_run_id
+    with samples as study:
+        for _params, trial in study:
+            history = trial.build(build_space_cnn).fit(x, y, **fit)
+            trial.log(val_accuracy=history.history["val_accuracy"][-1])
+    studies["sklearn"] = samples.study_run_id
 
     for backend, run_id in studies.items():
         done = promote_best(
@@ -92,7 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         if done.moved:
             print(f"{best}  -> version {done.version}, alias 'champion' moved")
         else:
-            print(f"{best}  not better than version {done.version}: alias kept")
+            print(
+                f"{best}  not better than the champion (version {done.version}, "
+                f"val_accuracy {done.champion_value:.4f}): alias kept"
+            )
     model = load_best(args.model_name, tracking_uri=args.tracking_uri)
     _, accuracy = model.evaluate(xv, yv, verbose=0)
     print(f"models:/{args.model_name}@champion reloaded: val_accuracy {accuracy:.4f}")

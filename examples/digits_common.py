@@ -17,6 +17,12 @@ from mlflow_hpo.layers import LayerGuard
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
+def default_experiment(name: str) -> str | None:
+    """``name`` when run as a script; under ``mlflow run`` (``MLFLOW_RUN_ID`` is set), the
+    study nests under the project's run, in the experiment ``mlflow run`` chose."""
+    return None if os.environ.get("MLFLOW_RUN_ID") else name
+
+
 def digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """8x8 grey images scaled to [0, 1] as (N, 8, 8, 1), split 80/20, stratified."""
     data = load_digits()

@@ -19,7 +19,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras_tuner
-from digits_common import DEFAULT_TRACKING_URI, build_cnn, digits
+from digits_common import DEFAULT_TRACKING_URI, build_cnn, default_experiment, digits
 
 from mlflow_hpo.keras_tuner import Hyperband
 
@@ -37,7 +37,7 @@ def build(hp: keras_tuner.HyperParameters):
 def main(argv: list[str] | None = None) -> Hyperband:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-epochs", type=int, default=9)
-    parser.add_argument("--experiment-name", default="digits-keras-tuner")
+    parser.add_argument("--experiment-name", default=default_experiment("digits-keras-tuner"))
     parser.add_argument(
         "--directory",
         default=None,

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import optuna
-from digits_common import DEFAULT_TRACKING_URI, build_cnn, digits
+from digits_common import DEFAULT_TRACKING_URI, build_cnn, default_experiment, digits
 from optuna_integration.keras import KerasPruningCallback
 
 from mlflow_hpo.optuna import MlflowStudyCallback
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--experiment-name", default="digits-optuna")
+    parser.add_argument("--experiment-name", default=default_experiment("digits-optuna"))
     parser.add_argument(
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     )

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from digits_common import DEFAULT_TRACKING_URI, build_cnn, digits
+from digits_common import DEFAULT_TRACKING_URI, build_cnn, default_experiment, digits
 from scipy.stats import loguniform
 from sklearn.model_selection import ParameterSampler
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-iter", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--experiment-name", default="digits-sampler")
+    parser.add_argument("--experiment-name", default=default_experiment("digits-sampler"))
     parser.add_argument(
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     )
@@ -48,26 +48,29 @@ def main(argv: list[str] | None = None) -> None:
     x_train, x_val, y_train, y_val = digits()
     sampler = ParameterSampler(SPACE, n_iter=args.n_iter, random_state=0)
     best = (-1.0, None)
-    for params, trial in tracked_sampler(
+    loop = tracked_sampler(
         sampler,
+        objective="val_accuracy",
+        direction="maximize",
         experiment_name=args.experiment_name,
         tracking_uri=args.tracking_uri,
-        objective="val_accuracy",
-    ):
-        model = trial.build(get_model)
-        model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
-            epochs=args.epochs,
-            batch_size=64,
-            verbose=0,
-        )
-        val_loss, val_accuracy = model.evaluate(x_val, y_val, verbose=0)
-        trial.log(val_accuracy=val_accuracy, val_loss=val_loss)
-        trial.log_model(model)
-        if val_accuracy > best[0]:
-            best = (val_accuracy, params)
+    )
+    with loop as study:
+        for params, trial in study:
+            model = trial.build(get_model)
+            model.fit(
+                x_train,
+                y_train,
+                validation_data=(x_val, y_val),
+                epochs=args.epochs,
+                batch_size=64,
+                verbose=0,
+            )
+            val_loss, val_accuracy = model.evaluate(x_val, y_val, verbose=0)
+            trial.log(val_accuracy=val_accuracy, val_loss=val_loss)
+            trial.log_model(model)
+            if val_accuracy > best[0]:
+                best = (val_accuracy, params)
     print(f"best val_accuracy {best[0]:.4f} with {best[1]}")
     print(f"open the MLflow UI:  mlflow ui --backend-store-uri {args.tracking_uri}")
 

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from digits_common import DEFAULT_TRACKING_URI, build_cnn, digits
+from digits_common import DEFAULT_TRACKING_URI, build_cnn, default_experiment, digits
 from scikeras.wrappers import KerasClassifier
 from scipy.stats import loguniform
 from sklearn.model_selection import RandomizedSearchCV
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> RandomizedSearchCV:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cv", type=int, default=3)
     parser.add_argument("--n-jobs", type=int, default=2)
-    parser.add_argument("--experiment-name", default="digits-sklearn")
+    parser.add_argument("--experiment-name", default=default_experiment("digits-sklearn"))
     parser.add_argument(
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     )

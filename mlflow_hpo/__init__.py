@@ -1,8 +1,9 @@
 """mlflow-hpo: record, compare and promote hyperparameter searches in MLflow.
 
 ``import mlflow_hpo`` stays light: it imports MLflow only. Backends load their library when
-their subpackage is imported (``mlflow_hpo.optuna``, ...), and a missing extra says which
-``pip install "mlflow-hpo[...]"`` to run.
+their subpackage is imported (``mlflow_hpo.optuna``, ``mlflow_hpo.keras_tuner``,
+``mlflow_hpo.sklearn``, ``mlflow_hpo.hyperopt``, ``mlflow_hpo.ray``), and a missing extra says
+which ``pip install "mlflow-hpo[...]"`` to run.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mlflow_hpo._core.options import TrackingOptions, WriteOptions
+from mlflow_hpo._core.trial import current_trial, log_model
 from mlflow_hpo._rebuild import log_weights, rebuild
-from mlflow_hpo._trial import current_trial, log_model
 from mlflow_hpo.errors import (
     ConfigurationError,
     MissingExtraError,
@@ -19,7 +21,7 @@ from mlflow_hpo.errors import (
     MlflowHpoWarning,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {"LayerGuard": "mlflow_hpo.layers"}
 
@@ -29,6 +31,8 @@ __all__ = [
     "MissingExtraError",
     "MlflowHpoError",
     "MlflowHpoWarning",
+    "TrackingOptions",
+    "WriteOptions",
     "__version__",
     "current_trial",
     "log_model",

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from mlflow_hpo import names
-from mlflow_hpo._trial import current_trial
-from mlflow_hpo.errors import ConfigurationError, MlflowHpoError, MlflowHpoWarning
+from mlflow_hpo._core import names
+from mlflow_hpo._core.safety import warn
+from mlflow_hpo._core.trial import current_trial
+from mlflow_hpo.errors import ConfigurationError, MlflowHpoError
 
 
 class RebuildError(MlflowHpoError):
@@ -34,18 +33,35 @@ def trial_run_of(trial_run: Any, client: MlflowClient) -> Run:
     raise ConfigurationError("trial_run", "a trial's run id or its mlflow Run", trial_run)
 
 
-def recorded_values(client: MlflowClient, run: Run) -> tuple[dict[str, Any], str]:
-    """The trial's typed hyperparameter values and its backend, from hyperparameters.json."""
+def trial_record(client: MlflowClient, run: Run, tag: str, artifact: str) -> Any:
+    """A small JSON record of a trial: its tag, or (too big for a tag) its artifact.
+
+    Raises:
+        LookupError: The run has neither.
+    """
+    text = run.data.tags.get(tag)
+    if text is not None:
+        return json.loads(text)
     try:
-        path = client.download_artifacts(run.info.run_id, names.ARTIFACT_HYPERPARAMETERS)
+        path = client.download_artifacts(run.info.run_id, artifact)
     except Exception as error:
-        raise RebuildError(
-            f"Run {run.info.run_id} has no {names.ARTIFACT_HYPERPARAMETERS}, so its "
-            "hyperparameters are unknown. Pass the run of a trial logged by mlflow-hpo "
-            "(a child of a study run)."
-        ) from error
+        raise LookupError(f"run {run.info.run_id} has no {tag} tag nor {artifact}") from error
     with open(path) as f:
-        record = json.load(f)
+        return json.load(f)
+
+
+def recorded_values(client: MlflowClient, run: Run) -> tuple[dict[str, Any], str]:
+    """The trial's typed hyperparameter values and its backend."""
+    try:
+        record = trial_record(
+            client, run, names.TAG_HYPERPARAMETERS, names.ARTIFACT_HYPERPARAMETERS
+        )
+    except LookupError as error:
+        raise RebuildError(
+            f"Run {run.info.run_id} has no recorded hyperparameters "
+            f"({names.TAG_HYPERPARAMETERS} tag or {names.ARTIFACT_HYPERPARAMETERS}), so they "
+            "are unknown. Pass the run of a trial logged by mlflow-hpo (a child of a study run)."
+        ) from error
     return dict(record.get("values", {})), str(record.get("backend", ""))
 
 
@@ -134,13 +150,12 @@ def log_weights(model: Any) -> None:
     """
     handle = current_trial()
     if handle is None:
-        warnings.warn(
+        warn(
             "mlflow_hpo.log_weights() was called outside a tracked trial, so nothing was "
-            "logged. Call it inside an objective wrapped by a mlflow-hpo tracker.",
-            MlflowHpoWarning,
-            stacklevel=2,
+            "logged. Call it inside an objective wrapped by a mlflow-hpo tracker."
         )
         return
-    with tempfile.TemporaryDirectory(prefix="mlflow-hpo-") as tmp:
-        model.save_weights(os.path.join(tmp, names.ARTIFACT_WEIGHTS))
-        get_artifact_repository(handle.run().info.artifact_uri).log_artifacts(tmp)
+    # Saved now, uploaded through the journal: weights survive a store outage too.
+    folder = tempfile.mkdtemp(prefix="mlflow-hpo-weights-")
+    model.save_weights(os.path.join(folder, names.ARTIFACT_WEIGHTS))
+    handle.upload_folder(folder)

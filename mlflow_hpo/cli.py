@@ -2,6 +2,8 @@
 
     mlflow-hpo show STUDY [--experiment-name E] [--top 10]
     mlflow-hpo promote STUDY --model-name NAME [--alias champion] [--only-if-better]
+    mlflow-hpo report STUDY
+    mlflow-hpo sync [STUDY_KEY] [--timeout 60]
 
 ``STUDY`` is a study run id, or a study name together with ``--experiment-name``. The store
 is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default.
@@ -15,7 +17,8 @@ import click
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from mlflow_hpo import _parent, names
+from mlflow_hpo._core import names, parent
+from mlflow_hpo._core.study import ranked_runs, study_objective
 from mlflow_hpo.errors import MlflowHpoError
 
 _STUDY = click.argument("study")
@@ -65,15 +68,16 @@ def promote(
         )
     except MlflowHpoError as error:
         raise click.ClickException(str(error)) from error
-    what = "registered as new version" if done.created else "already registered as version"
-    click.echo(
-        f"best trial run {done.trial_run_id} ({done.objective} = {done.value:.6g}) "
-        f"{what} {done.version} of {done.model_name!r}"
-    )
+    click.echo(f"best trial run {done.trial_run_id}: {done.objective} = {done.value:.6g}")
     if done.moved:
+        what = "registered as new version" if done.created else "already version"
+        click.echo(f"{what} {done.version} of {done.model_name!r}")
         click.echo(f"alias {done.alias!r} -> version {done.version}  (load: {done.uri})")
     else:
-        click.echo(f"alias {done.alias!r} kept: the version it holds is at least as good")
+        click.echo(
+            f"alias {done.alias!r} kept on version {done.version} "
+            f"({done.objective} = {done.champion_value:.6g}, at least as good); nothing registered"
+        )
 
 
 @cli.command()
@@ -87,15 +91,15 @@ def show(study: str, top: int, experiment_name: str | None, tracking_uri: str | 
 
     client = MlflowClient(tracking_uri)
     try:
-        parent = find_study(client, study, experiment_name or None)
+        study_run = find_study(client, study, experiment_name or None)
     except MlflowHpoError as error:
         raise click.ClickException(str(error)) from error
-    tags = parent.data.tags
-    objective, direction = _parent.study_objective(parent)
-    trials = _parent.child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    tags = study_run.data.tags
+    objective, direction = study_objective(study_run)
+    trials = parent.child_runs(client, study_run.info.experiment_id, study_run.info.run_id)
     click.echo(
-        f"study {tags.get(names.TAG_STUDY_NAME, '')!r}  run {parent.info.run_id}  "
-        f"({tags.get(names.TAG_BACKEND, '?')}, {parent.info.status})"
+        f"study {tags.get(names.TAG_STUDY_NAME, '')!r}  run {study_run.info.run_id}  "
+        f"({tags.get(names.TAG_BACKEND, '?')}, {study_run.info.status})"
     )
     counts: dict[str, int] = {}
     for run in trials:
@@ -105,7 +109,7 @@ def show(study: str, top: int, experiment_name: str | None, tracking_uri: str | 
         f"objective {objective} ({direction}); {len(trials)} trials: "
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     )
-    click.echo(_table(_parent.ranked_trials(trials, objective, direction)[:top], objective))
+    click.echo(_table(ranked_runs(trials, objective, direction)[:top], objective))
 
 
 @cli.command()
@@ -124,6 +128,40 @@ def report(study: str, experiment_name: str | None, tracking_uri: str | None) ->
         raise click.ClickException(str(error)) from error
     for path in written:
         click.echo(path)
+
+
+@cli.command()
+@click.argument("study_key", required=False)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="Store to write to (default: the one each journal was written for). Credentials "
+    "come from MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN: journals never store them.",
+)
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait per study.")
+def sync(study_key: str | None, tracking_uri: str | None, timeout: float) -> None:
+    """Write what the journals still hold (all studies, or STUDY_KEY's) to MLflow.
+
+    Exits with status 1 while anything is still waiting, or was refused by the store.
+    """
+    from mlflow_hpo._core.sync import sync as run_sync
+
+    results = run_sync(study_key, tracking_uri, timeout)
+    if not results:
+        click.echo("nothing to sync: no journal" + (f" for {study_key}" if study_key else ""))
+        return
+    failed = False
+    for r in results:
+        state = "done" if not r.pending and not r.dead else "NOT DONE"
+        click.echo(
+            f"{r.study_key}: {state}: {r.pending} writes still waiting, {r.dead} refused, "
+            f"{r.ended} orphaned runs ended  ({r.path})"
+        )
+        for error in r.errors[:5]:
+            click.echo(f"  refused: {error}")
+        failed = failed or bool(r.pending or r.dead)
+    if failed:
+        raise SystemExit(1)
 
 
 def _table(trials: list[Run], objective: str) -> str:

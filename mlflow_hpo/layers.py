@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_hpo._keras import install_fit_hook
-from mlflow_hpo._trial import current_trial
+from mlflow_hpo._core.trial import current_trial
 from mlflow_hpo.errors import ConfigurationError, MissingExtraError
 
 
@@ -70,7 +69,6 @@ class LayerGuard:
         self._trial = current_trial()
         if self._trial is not None:
             self._trial.new_guard()
-        install_fit_hook()
 
     def fits(self, layer: Any) -> tuple[Any, ...] | None:
         """The output shape ``layer`` would produce, or ``None`` if it would be invalid."""

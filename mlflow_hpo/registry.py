@@ -16,10 +16,11 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mlflow_hpo import _models, _parent, names
-from mlflow_hpo._batch import params as batch_params
+from mlflow_hpo._core import models, names, parent
+from mlflow_hpo._core.parent import equals, tag
+from mlflow_hpo._core.study import ranked_runs, study_objective
+from mlflow_hpo._core.validate import tracking_uri as validate_tracking_uri
 from mlflow_hpo._rebuild import RebuildError, has_weights, rebuild, recorded_values
-from mlflow_hpo._validate import validate_tracking_uri
 from mlflow_hpo.errors import ConfigurationError
 
 __all__ = ["Promotion", "RebuildError", "best_trial", "find_study", "load_best", "promote_best"]
@@ -27,7 +28,20 @@ __all__ = ["Promotion", "RebuildError", "best_trial", "find_study", "load_best",
 
 @dataclass(frozen=True)
 class Promotion:
-    """What :func:`promote_best` did."""
+    """What :func:`promote_best` did.
+
+    Attributes:
+        model_name: The registered model.
+        version: The version the alias points at now.
+        alias: The alias.
+        trial_run_id: This study's best trial run.
+        objective: The objective it was ranked by.
+        value: This study's best value.
+        champion_value: The value of the version the alias points at now (``value`` when the
+            alias moved; the kept champion's when ``only_if_better`` kept it).
+        created: A new version was registered (``False``: none, or it existed already).
+        moved: The alias points at this study's best now.
+    """
 
     model_name: str
     version: str
@@ -35,8 +49,9 @@ class Promotion:
     trial_run_id: str
     objective: str
     value: float
-    created: bool  # a new version was registered (False: the best trial already had one)
-    moved: bool  # the alias now points at this version (False: only_if_better kept it)
+    champion_value: float
+    created: bool
+    moved: bool
 
     @property
     def uri(self) -> str:
@@ -62,13 +77,16 @@ def find_study(client: MlflowClient, study: Any, experiment_name: str | None = N
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is None:
             raise ConfigurationError("experiment_name", "an existing experiment", experiment_name)
-        found = client.search_runs(
-            [experiment.experiment_id],
-            f"tags.`{names.TAG_ROLE}` = '{names.ROLE_STUDY}' "
-            f"and tags.`{names.TAG_STUDY_NAME}` = '{study}'",
+        found = parent.search(
+            client,
+            experiment.experiment_id,
+            [
+                equals(tag(names.TAG_ROLE), names.ROLE_STUDY),
+                equals(tag(names.TAG_STUDY_NAME), study),
+            ],
+            exact={names.TAG_STUDY_NAME: study},
             order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+        )[:1]
         if not found:
             raise ConfigurationError(
                 "study", f"the name of a study in experiment {experiment_name!r}", study
@@ -88,10 +106,10 @@ def find_study(client: MlflowClient, study: Any, experiment_name: str | None = N
 
 def best_trial(client: MlflowClient, study: Run) -> tuple[Run, str, str, float]:
     """``(trial run, objective, direction, value)`` of the study's best FINISHED trial."""
-    objective, direction = _parent.study_objective(study)
+    objective, direction = study_objective(study)
     trials = [
         run
-        for run in _parent.child_runs(client, study.info.experiment_id, study.info.run_id)
+        for run in parent.child_runs(client, study.info.experiment_id, study.info.run_id)
         if run.info.status == "FINISHED" and objective in run.data.metrics
     ]
     if not trials:
@@ -100,7 +118,7 @@ def best_trial(client: MlflowClient, study: Run) -> tuple[Run, str, str, float]:
             f"{objective!r}, so there is no best trial to promote. Let the search complete "
             "at least one trial (failed, pruned and killed trials do not count)."
         )
-    best = _parent.ranked_trials(trials, objective, direction)[0]
+    best = ranked_runs(trials, objective, direction)[0]
     return best, objective, direction, float(best.data.metrics[objective])
 
 
@@ -141,8 +159,8 @@ def promote_best(
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)  # Model.log and the registry read it
     client = MlflowClient(tracking_uri)
-    parent = find_study(client, study, experiment_name)
-    trial, objective, direction, value = best_trial(client, parent)
+    study_run = find_study(client, study, experiment_name)
+    trial, objective, direction, value = best_trial(client, study_run)
     existing = _version_of(client, model_name, trial.info.run_id)
     holder = _alias_holder(client, model_name, alias)
     if (
@@ -154,7 +172,15 @@ def promote_best(
         # Not better than what the alias holds: register nothing, move nothing.
         held = float(holder.tags.get(names.TAG_VERSION_OBJECTIVE_VALUE, "nan"))
         return Promotion(
-            model_name, str(holder.version), alias, trial.info.run_id, objective, held, False, False
+            model_name,
+            str(holder.version),
+            alias,
+            trial.info.run_id,
+            objective,
+            value,
+            held,
+            False,
+            False,
         )
     version = existing
     if version is None:
@@ -166,14 +192,14 @@ def promote_best(
             source=model_uri,
             run_id=trial.info.run_id,
             tags={
-                names.TAG_VERSION_STUDY_RUN_ID: parent.info.run_id,
+                names.TAG_VERSION_STUDY_RUN_ID: study_run.info.run_id,
                 names.TAG_VERSION_TRIAL_RUN_ID: trial.info.run_id,
                 names.TAG_VERSION_OBJECTIVE: objective,
                 names.TAG_VERSION_OBJECTIVE_VALUE: repr(value),
                 names.TAG_VERSION_DIRECTION: direction,
-                names.TAG_BACKEND: backend or parent.data.tags.get(names.TAG_BACKEND, ""),
+                names.TAG_BACKEND: backend or study_run.data.tags.get(names.TAG_BACKEND, ""),
             },
-            description=_description(parent, trial, objective, value, values),
+            description=_description(study_run, trial, objective, value, values),
             model_id=model_uri[len("models:/") :] if model_uri.startswith("models:/m-") else None,
         )
     if holder is None or holder.version != version.version:
@@ -184,6 +210,7 @@ def promote_best(
         alias,
         trial.info.run_id,
         objective,
+        value,
         value,
         existing is None,
         True,
@@ -199,10 +226,13 @@ def _ensure_model(client: MlflowClient, name: str) -> None:
 
 def _version_of(client: MlflowClient, model_name: str, run_id: str) -> ModelVersion | None:
     try:
-        versions = client.search_model_versions(f"name = '{model_name}'")
+        clause, _ = equals("name", model_name)
+        versions = client.search_model_versions(clause)
     except MlflowException:
         return None
     for version in versions:
+        if version.name != model_name:
+            continue
         if version.tags.get(names.TAG_VERSION_TRIAL_RUN_ID) == run_id:
             return version
     return None
@@ -229,18 +259,15 @@ def _model_uri(client: MlflowClient, trial: Run, builder: Any) -> str:
     model = rebuild(builder, trial, tracking_uri=client.tracking_uri)
     values, _ = recorded_values(client, trial)
     tags = {names.TAG_TRIAL_KEY: trial.data.tags.get(names.TAG_TRIAL_KEY, "")}
-    as_params = {p.key: p.value for p in batch_params(values)}
-    uri, _ = _models.log_model(client, model, trial, tags, as_params)
-    client.set_tag(trial.info.run_id, names.TAG_MODEL_URI, uri)
-    return uri
+    return models.log_now(client, trial, model, values, tags)
 
 
 def _description(
-    parent: Run, trial: Run, objective: str, value: float, values: dict[str, Any]
+    study_run: Run, trial: Run, objective: str, value: float, values: dict[str, Any]
 ) -> str:
     lines = [
-        f"Best trial of study {parent.data.tags.get(names.TAG_STUDY_NAME, '')!r} "
-        f"(run {parent.info.run_id}): {trial.info.run_name}, {objective} = {value:.6g}.",
+        f"Best trial of study {study_run.data.tags.get(names.TAG_STUDY_NAME, '')!r} "
+        f"(run {study_run.info.run_id}): {trial.info.run_name}, {objective} = {value:.6g}.",
         "",
         "Hyperparameters:",
     ]

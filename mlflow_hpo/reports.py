@@ -13,7 +13,6 @@ Written when a study closes (``MLFLOW_HPO_REPORTS=0`` turns that off), and on de
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
@@ -23,9 +22,11 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from mlflow_hpo import _parent, names
+from mlflow_hpo._core import names
+from mlflow_hpo._core import parent as parent_module
+from mlflow_hpo._core.study import study_objective
+from mlflow_hpo._rebuild import trial_record
 from mlflow_hpo.errors import MissingExtraError
 
 REPORTS = (
@@ -41,9 +42,20 @@ _STEP_METRICS = (names.METRIC_INTERMEDIATE, names.METRIC_EPOCH_PREFIX + "{o}", "
 _STATES = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL", "KILLED": "FAIL"}
 
 
-def enabled() -> bool:
-    """Whether studies write reports when they close (``MLFLOW_HPO_REPORTS``, default on)."""
-    return os.environ.get(names.ENV_REPORTS, "1").strip().lower() not in ("0", "false", "no")
+class ReportHook:
+    """Follows a study and writes its reports to the study run when it closes."""
+
+    def __init__(self, mode: str, interval: float) -> None:
+        self.mode = mode
+        self.interval = interval
+
+    def on_trial(self, session: Any) -> None:
+        return None
+
+    def on_close(self, session: Any, timeout: float) -> None:
+        run_id = session.study_run_id
+        if run_id is not None:
+            write_for_run(session.client, session.client.get_run(run_id))
 
 
 def write_reports(
@@ -68,7 +80,7 @@ def write_for_run(client: MlflowClient, parent: Run) -> list[str]:
         raise MissingExtraError("optuna and plotly", "reports") from error
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parent = client.get_run(parent.info.run_id)  # the summary's latest tags
-    trials = _parent.child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    trials = parent_module.child_runs(client, parent.info.experiment_id, parent.info.run_id)
     study, exceptions = _study(client, parent, trials)
     written: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mlflow-hpo-reports-") as tmp:
@@ -87,7 +99,7 @@ def write_for_run(client: MlflowClient, parent: Run) -> list[str]:
             image.savefig(os.path.join(tmp, f"{name}.png"), dpi=100, bbox_inches="tight")
             _close(image)
             written += [f"reports/{name}.html", f"reports/{name}.png"]
-        get_artifact_repository(parent.info.artifact_uri).log_artifacts(tmp, "reports")
+        client.log_artifacts(parent.info.run_id, tmp, "reports")
     return written
 
 
@@ -137,7 +149,7 @@ def _study(client: MlflowClient, parent: Run, trials: list[Run]) -> tuple[Any, C
     import optuna
 
     tags = parent.data.tags
-    objective, direction = _parent.study_objective(parent)
+    objective, direction = study_objective(parent)
     hyper = {
         k[len(names.TAG_BEST_PARAM_PREFIX) :]
         for k in tags
@@ -218,11 +230,12 @@ def _steps(client: MlflowClient, run: Run, objective: str) -> dict[int, float]:
 
 def _output_exceptions(client: MlflowClient, run: Run) -> list[str]:
     try:
-        path = client.download_artifacts(run.info.run_id, names.ARTIFACT_OUTPUT_EXCEPTIONS)
-        with open(path) as f:
-            return [str(n) for n in json.load(f)]
-    except (OSError, ValueError):
+        found = trial_record(
+            client, run, names.TAG_OUTPUT_EXCEPTIONS, names.ARTIFACT_OUTPUT_EXCEPTIONS
+        )
+    except (LookupError, OSError, ValueError):
         return []
+    return [str(n) for n in found]
 
 
 def _exceptions_title(exceptions: Counter[str], n_trials: int) -> str:

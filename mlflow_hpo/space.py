@@ -60,17 +60,23 @@ class HP(ABC):
         self.dimensions: dict[str, Dimension] = {}
 
     def int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        _check_range(name, low, high, int)
-        if step < 1 or (log and step != 1):
-            raise ConfigurationError(f"{name}.step", "an int >= 1 (and 1 with log=True)", step)
+        _check_range(name, low, high, int, log)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1 or (log and step != 1):
+            raise ConfigurationError(
+                f"{name}.step", "an int >= 1 (and 1 with log=True)", step, "Drop step=."
+            )
         return int(self._value(Dimension(name, "int", low, high, step, log)))
 
     def float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float:
-        _check_range(name, low, high, float)
-        if log and (low <= 0 or step is not None):
-            raise ConfigurationError(f"{name}", "low > 0 and no step with log=True", (low, step))
+        _check_range(name, low, high, float, log)
+        if step is not None and (
+            not isinstance(step, int | float) or not math.isfinite(step) or step <= 0 or log
+        ):
+            raise ConfigurationError(
+                f"{name}.step", "None, or a finite step > 0 (and None with log=True)", step
+            )
         return float(self._value(Dimension(name, "float", low, high, step, log)))
 
     def choice(self, name: str, values: Sequence[Any]) -> Any:
@@ -90,12 +96,32 @@ class HP(ABC):
         """The value of ``dimension``: suggested by the backend, or given up front."""
 
 
-def _check_range(name: str, low: Any, high: Any, kind: type) -> None:
+def _check_range(name: str, low: Any, high: Any, kind: type, log: bool) -> None:
+    """Bounds that every backend can sample: finite numbers, ``low < high``, and ``low > 0``
+    on a log scale. Raises :class:`ConfigurationError` naming the parameter."""
     numbers = (int,) if kind is int else (int, float)
     if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in (low, high)):
-        raise ConfigurationError(name, f"{kind.__name__} bounds", (low, high))
-    if low > high:
-        raise ConfigurationError(name, "low <= high", (low, high), "Swap the bounds.")
+        raise ConfigurationError(
+            f"bounds of {name!r}", f"{kind.__name__} bounds (low, high)", (low, high)
+        )
+    if not all(math.isfinite(v) for v in (low, high)):
+        raise ConfigurationError(
+            f"bounds of {name!r}", "finite numbers (no NaN, no infinity)", (low, high)
+        )
+    if low >= high:
+        raise ConfigurationError(
+            f"bounds of {name!r}",
+            "low < high",
+            (low, high),
+            "Swap the bounds, or use hp.choice for a single value.",
+        )
+    if log and low <= 0:
+        raise ConfigurationError(
+            f"bounds of {name!r}",
+            "low > 0 on a log scale",
+            (low, high),
+            "Use a positive low bound, or log=False.",
+        )
 
 
 class OptunaHP(HP):
@@ -119,7 +145,9 @@ class KerasTunerHP(HP):
     def _suggest(self, d: Dimension) -> Any:
         sampling = "log" if d.log else "linear"
         if d.kind == "int":
-            return self.hp.Int(d.name, d.low, d.high, step=d.step, sampling=sampling)
+            # Keras Tuner refuses an explicit step with sampling="log" (1.4.8).
+            step = None if d.log else d.step
+            return self.hp.Int(d.name, d.low, d.high, step=step, sampling=sampling)
         if d.kind == "float":
             return self.hp.Float(d.name, d.low, d.high, step=d.step, sampling=sampling)
         if d.kind == "boolean":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,51 +54,77 @@ def postgres_database() -> Iterator[str]:
         conn.close()
 
 
-@contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, port: int) -> Iterator[str]:
-    """A real `mlflow server` on loopback; stopped (and waited for) on exit."""
-    log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
+class MlflowServer:
+    """A real `mlflow server` on a loopback port, that a test can stop and start again (a
+    tracking server that restarts), on the same backend store and port."""
+
+    def __init__(self, backend_uri: str, artifacts: Path, port: int, workers: int = 1) -> None:
+        self.backend_uri, self.artifacts, self.port, self.workers = (
             backend_uri,
-            "--artifacts-destination",
-            str(artifacts),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+            artifacts,
+            port,
+            workers,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = artifacts.parent / f"mlflow-server-{port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        log = open(self.log_path, "a")  # noqa: SIM115 - the server process holds it
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlflow", "server"),
+                *("--backend-store-uri", self.backend_uri),
+                *("--artifacts-destination", str(self.artifacts)),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+                *("--workers", str(self.workers)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped with all its workers
+        )
+        log.close()
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
-                        break
+                        return self.url
             except OSError:
                 pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                text = (artifacts.parent / "mlflow-server.log").read_text()[-3000:]
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = self.log_path.read_text()[-3000:]
                 raise RuntimeError(f"mlflow server did not start:\n{text}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
+            time.sleep(0.3)
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server (``kill``: SIGKILL, as a crash) and wait until it is gone."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        group = os.getpgid(proc.pid)
+        os.killpg(group, signal.SIGKILL if kill else signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(group, signal.SIGKILL)
             proc.wait()
-        log.close()
+        # uvicorn's workers may outlive a killed master: wait until the port is free.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.2)
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path, port: int, workers: int = 1) -> Iterator[str]:
+    """A real `mlflow server` on loopback; stopped (and waited for) on exit."""
+    server = MlflowServer(backend_uri, artifacts, port, workers)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -1,8 +1,13 @@
-"""Shared fixtures: a fresh SQLite MLflow store per test, strict mode, leak checks."""
+"""Shared fixtures: a fresh SQLite MLflow store per test, a private journal home, leak checks.
+
+Tests run in the default (non-strict) mode that users run; the few tests that assert what
+strict mode does pass ``strict=True`` themselves.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import warnings
 from collections.abc import Iterator
@@ -20,11 +25,12 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 @pytest.fixture(autouse=True)
-def _strict_and_no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Logging errors raise in tests; no test may leave an active run behind, nor write
-    into the working tree (MLflow's default artifact root is ./mlruns of the cwd)."""
-    monkeypatch.setenv("MLFLOW_HPO_STRICT", "1")
-    # Reports take a second or two per study: only tests/test_reports.py turns them on.
+def _isolated_and_no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Each test gets its own journal home; no test may leave an active run behind, nor
+    write into the working tree (MLflow's default artifact root is ./mlruns of the cwd)."""
+    monkeypatch.delenv("MLFLOW_HPO_STRICT", raising=False)
+    monkeypatch.setenv("MLFLOW_HPO_HOME", str(tmp_path / "mlflow-hpo-home"))
+    # Reports take a second or two per study: only the tests of reports turn them on.
     monkeypatch.setenv("MLFLOW_HPO_REPORTS", "0")
     monkeypatch.chdir(tmp_path)
     yield
@@ -34,9 +40,26 @@ def _strict_and_no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
     assert leaked is None, f"active run leaked out of the test: {leaked.info.run_id}"
 
 
+@pytest.fixture(scope="session")
+def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty store whose schema MLflow created once; copied for each test (migrating a
+    fresh SQLite file costs seconds)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    cwd = os.getcwd()
+    os.chdir(path.parent)  # the Default experiment's artifact root: ./mlruns of here
+    try:
+        MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    finally:
+        os.chdir(cwd)
+    return path
+
+
 @pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def tracking_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _template_db: Path
+) -> Iterator[str]:
     """A fresh SQLite store under ``tmp_path``, set as MLflow's tracking URI."""
+    shutil.copy(_template_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
@@ -66,7 +89,14 @@ def study_runs(client: MlflowClient, experiment_name: str) -> tuple[Run, list[Ru
     children = [r for r in runs if r.data.tags.get("mlflow_hpo.role") == "trial"]
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-    return parents[0], sorted(children, key=lambda r: int(r.data.params["trial_number"]))
+    return parents[0], sorted(children, key=_trial_order)
+
+
+def _trial_order(run: Run) -> tuple[int, str]:
+    """A run's trial number: its param, or (a run whose process died before writing its
+    params) the number in its name, ``trial-<n>``."""
+    number = run.data.params.get("trial_number") or run.info.run_name.rsplit("-", 1)[-1]
+    return int(number), run.info.run_name
 
 
 def assert_no_running(client: MlflowClient, experiment_name: str) -> None:
@@ -80,3 +110,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def hyperparameters(run: Run, client: MlflowClient | None = None) -> dict:
+    """The trial's typed hyperparameter record, as its run shows it: a small JSON tag, or
+    (too big for a tag, then ``client`` is needed) the ``hyperparameters.json`` artifact."""
+    import json
+
+    if "mlflow_hpo.hyperparameters" in run.data.tags:
+        return json.loads(run.data.tags["mlflow_hpo.hyperparameters"])
+    assert client is not None, "the record is an artifact: pass the client"
+    with open(client.download_artifacts(run.info.run_id, "hyperparameters.json")) as f:
+        return json.load(f)
+
+
+def output_exceptions(run: Run) -> list[str]:
+    """The trial's output exception list, as its run shows it (a small JSON tag)."""
+    import json
+
+    return json.loads(run.data.tags["mlflow_hpo.output_exceptions"])

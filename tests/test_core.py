@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from mlflow.utils import validation
 
-from mlflow_hpo import _batch, names
-from mlflow_hpo._models import ModelPolicy, validate_policy
-from mlflow_hpo._safety import Safety
+from mlflow_hpo import names
+from mlflow_hpo._core import batch as _batch
+from mlflow_hpo._core.models import ModelPolicy, validate_policy
+from mlflow_hpo._core.safety import Safety
 from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,11 @@ def test_truncation_follows_mlflow_limits() -> None:
     assert param.value.endswith(_batch.TRUNCATION_MARKER)
     (tag,) = _batch.tags({"t" * 300: "short"})
     assert len(tag.key) == validation.MAX_ENTITY_KEY_LENGTH
+    # Two long keys that share their start stay two keys, each valid for MLflow.
+    long_a, long_b = "k" * 260 + "a", "k" * 260 + "b"
+    keys = {_batch.key(long_a), _batch.key(long_b)}
+    assert len(keys) == 2
+    assert all(validation.validate_param_and_metric_name(k) for k in keys)
     assert _batch.params({"ok": 3})[0].value == "3"
 
 
@@ -89,8 +95,13 @@ def test_policy_best_all_and_top_k() -> None:
     evicted = []
     for i, value in enumerate([3.0, 2.0, 5.0, 1.0]):  # decide, then log, as the tracker does
         if top2.decide(str(i), [value]):
-            evicted.append(top2.kept(str(i), f"m{i}"))
-    assert evicted == [[], [], ["m0"]]  # 5.0 is not kept; 1.0 pushes 3.0 out of the top 2
+            evicted.append(top2.kept(str(i), f"trial:{i}"))
+    assert evicted == [[], [], ["trial:0"]]  # 5.0 is not kept; 1.0 pushes 3.0 out of the top 2
+    every = ModelPolicy("all")
+    every.directions = ["maximize"]
+    assert [every.decide(str(i), [v]) for i, v in enumerate([0.9, 0.1, 0.5])] == [True] * 3
+    none = ModelPolicy("none")
+    assert not none.enabled and not none.decide("0", [1.0])
     pareto = ModelPolicy("best")
     pareto.directions = ["maximize", "minimize"]
     assert pareto.decide("0", [0.5, 10.0])

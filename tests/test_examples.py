@@ -15,17 +15,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env(uri: str) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HPO_STRICT": "1"}
-
-
-def _run(tmp_path: Path, *command: str) -> str:
-    """Run ``command`` in ``tmp_path`` against a fresh SQLite store; return that store's URI."""
+def _run(tmp_path: Path, *command: str) -> tuple[str, str]:
+    """Run ``command`` in ``tmp_path`` against a fresh SQLite store, in the default mode
+    users run; return that store's URI and what the command printed."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
         [sys.executable, *command],
         cwd=tmp_path,
-        env=_env(uri),
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
         capture_output=True,
         text=True,
         timeout=600,
@@ -33,11 +30,12 @@ def _run(tmp_path: Path, *command: str) -> str:
     assert out.returncode == 0, out.stderr[-3000:]
     if "mlflow" not in command[:2]:  # the examples end by printing how to open the UI
         assert out.stdout.strip().splitlines()[-1].endswith(f"mlflow ui --backend-store-uri {uri}")
-    return uri
+    assert "MlflowHpoWarning" not in out.stderr, out.stderr[-3000:]
+    return uri, out.stdout
 
 
 def test_optuna_example_tracks_a_study_and_prints_the_ui_command(tmp_path: Path) -> None:
-    uri = _run(
+    uri, _ = _run(
         tmp_path, str(ROOT / "examples" / "optuna_digits.py"), "--n-trials", "4", "--epochs", "3"
     )
     client = MlflowClient(uri)
@@ -49,10 +47,13 @@ def test_optuna_example_tracks_a_study_and_prints_the_ui_command(tmp_path: Path)
     assert "mlflow_hpo.model_uri" in best.data.tags
 
 
-def _mlflow_run(tmp_path: Path, entry: str, experiment: str, **params: object) -> MlflowClient:
-    """``mlflow run`` an entry point of this project; assert one top-level run, FINISHED."""
+def _mlflow_run(
+    tmp_path: Path, entry: str, experiment: str, **params: object
+) -> tuple[MlflowClient, str]:
+    """``mlflow run`` an entry point of this project in the experiment ``mlflow run`` is
+    given; assert one top-level run there, FINISHED, and no mlflow-hpo warning."""
     options = [item for k, v in params.items() for item in ("-P", f"{k}={v}")]
-    uri = _run(
+    uri, printed = _run(
         tmp_path,
         *("-m", "mlflow", "run", str(ROOT), "-e", entry, *options),
         *("--env-manager", "local", "--experiment-name", experiment),
@@ -61,7 +62,7 @@ def _mlflow_run(tmp_path: Path, entry: str, experiment: str, **params: object) -
     top_level = [r for r in all_runs(client, experiment) if "mlflow.parentRunId" not in r.data.tags]
     assert len(top_level) == 1, "mlflow run must not end up with a second top-level run"
     assert top_level[0].info.status == "FINISHED"
-    return client
+    return client, printed
 
 
 def _studies(client: MlflowClient, experiment: str) -> list:
@@ -75,20 +76,26 @@ def _studies(client: MlflowClient, experiment: str) -> list:
 
 
 def test_main_entry_point_tunes_three_backends_and_promotes_the_best(tmp_path: Path) -> None:
-    client = _mlflow_run(tmp_path, "main", "demo", n_trials=2, epochs=1, model_name="demo-cnn")
+    client, printed = _mlflow_run(
+        tmp_path, "main", "demo", n_trials=2, epochs=1, model_name="demo-cnn"
+    )
     studies = _studies(client, "demo")
-    assert sorted(s.data.tags["mlflow_hpo.backend"] for s in studies) == [
-        "keras_tuner",
-        "optuna",
-        "sklearn",
-    ]
+    by_backend = {s.data.tags["mlflow_hpo.backend"]: s for s in studies}
+    assert sorted(by_backend) == ["keras_tuner", "optuna", "sklearn"]
     champion = client.get_model_version_by_alias("demo-cnn", "champion")
     best = max(float(s.data.metrics["best_val_accuracy"]) for s in studies)
     assert float(champion.tags["mlflow_hpo.objective_value"]) == pytest.approx(best)
+    # Each study's line shows that study's own best, not the champion's.
+    for line in printed.splitlines():
+        backend = line.split(" ", 1)[0]
+        if backend in by_backend and "best val_accuracy" in line:
+            shown = float(line.split("best val_accuracy ", 1)[1].split()[0])
+            own = by_backend[backend].data.metrics["best_val_accuracy"]
+            assert shown == pytest.approx(own, abs=1e-4)
 
 
 def test_keras_tuner_entry_point_tracks_a_hyperband_search(tmp_path: Path) -> None:
-    client = _mlflow_run(tmp_path, "keras_tuner", "kt", max_epochs=2)
+    client, _ = _mlflow_run(tmp_path, "keras_tuner", "kt", max_epochs=2)
     (study,) = _studies(client, "kt")
     trials = [r for r in all_runs(client, "kt") if r.data.tags.get("mlflow_hpo.role") == "trial"]
     assert study.data.tags["mlflow_hpo.backend"] == "keras_tuner"
@@ -96,7 +103,7 @@ def test_keras_tuner_entry_point_tracks_a_hyperband_search(tmp_path: Path) -> No
 
 
 def test_sklearn_entry_point_tracks_a_scikeras_randomized_search(tmp_path: Path) -> None:
-    client = _mlflow_run(tmp_path, "sklearn", "sk", n_iter=3, epochs=1, cv=2)
+    client, _ = _mlflow_run(tmp_path, "sklearn", "sk", n_iter=3, epochs=1, cv=2)
     (study,) = _studies(client, "sk")
     trials = [r for r in all_runs(client, "sk") if r.data.tags.get("mlflow_hpo.role") == "trial"]
     assert len(trials) == 3
@@ -107,7 +114,7 @@ def test_sklearn_entry_point_tracks_a_scikeras_randomized_search(tmp_path: Path)
 
 
 def test_sampler_entry_point_tracks_the_parameter_sampler_loop(tmp_path: Path) -> None:
-    client = _mlflow_run(tmp_path, "sampler", "loop", n_iter=3, epochs=2)
+    client, _ = _mlflow_run(tmp_path, "sampler", "loop", n_iter=3, epochs=2)
     (study,) = _studies(client, "loop")
     trials = [r for r in all_runs(client, "loop") if r.data.tags.get("mlflow_hpo.role") == "trial"]
     assert len(trials) == 3 and study.data.tags["mlflow_hpo.objectives"] == "val_accuracy"
@@ -115,7 +122,7 @@ def test_sampler_entry_point_tracks_the_parameter_sampler_loop(tmp_path: Path) -
 
 
 def test_optuna_and_promote_entry_points(tmp_path: Path) -> None:
-    client = _mlflow_run(tmp_path, "optuna", "project", n_trials=2, epochs=1)
+    client, _ = _mlflow_run(tmp_path, "optuna", "project", n_trials=2, epochs=1)
     (study,) = _studies(client, "project")
     trials = [
         r for r in all_runs(client, "project") if r.data.tags.get("mlflow_hpo.role") == "trial"

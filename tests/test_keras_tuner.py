@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import csv
 import gc
-import json
 from pathlib import Path
 
 import keras
@@ -11,7 +11,7 @@ import keras_tuner
 import mlflow.keras
 import numpy as np
 import pytest
-from conftest import assert_no_running, study_runs
+from conftest import assert_no_running, hyperparameters, output_exceptions, study_runs
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
@@ -60,11 +60,6 @@ def expected_exceptions(blocks: int, kernel: int) -> list[str]:
     return guard.exceptions
 
 
-def _json(client: MlflowClient, run_id: str, path: str):
-    with open(client.download_artifacts(run_id, path)) as f:
-        return json.load(f)
-
-
 def test_hyperband_logs_epochs_continuations_exceptions_and_best_checkpoint(
     client: MlflowClient, tracking_uri: str, tmp_path: Path, data
 ) -> None:
@@ -99,9 +94,7 @@ def test_hyperband_logs_epochs_continuations_exceptions_and_best_checkpoint(
         assert len(client.get_metric_history(run.info.run_id, "loss")) == epochs
         assert run.data.metrics["val_accuracy"] == pytest.approx(trial.score)
         blocks, kernel = trial.hyperparameters.get("blocks"), trial.hyperparameters.get("kernel")
-        assert _json(
-            client, run.info.run_id, names.ARTIFACT_OUTPUT_EXCEPTIONS
-        ) == expected_exceptions(blocks, kernel)
+        assert output_exceptions(run) == expected_exceptions(blocks, kernel)
         assert run.data.metrics[names.METRIC_N_OUTPUT_EXCEPTIONS] == len(
             expected_exceptions(blocks, kernel)
         )
@@ -152,7 +145,7 @@ def test_random_search_conditional_scopes_log_only_active_values(
         assert ("units" in run.data.params) == (kind == "dense")
         assert ("width" in run.data.params) == (kind == "wide")
         assert names.TAG_MODEL_URI not in run.data.tags
-        space = _json(client, run.info.run_id, names.ARTIFACT_HYPERPARAMETERS)["distributions"]
+        space = hyperparameters(run)["distributions"]
         assert {p["config"]["name"] for p in space["space"]} >= {"kind", "units", "width"}
     assert kinds == {"dense", "wide"}
 
@@ -263,7 +256,7 @@ def test_repeated_executions_keep_one_history_each(
         history = client.get_metric_history(run.info.run_id, f"execution_{index}/loss")
         assert [m.step for m in history] == [0, 1]
     trial = next(iter(tuner.oracle.trials.values()))
-    assert _json(client, run.info.run_id, names.ARTIFACT_OUTPUT_EXCEPTIONS) == expected_exceptions(
+    assert output_exceptions(run) == expected_exceptions(
         trial.hyperparameters.get("blocks"), trial.hyperparameters.get("kernel")
     )
 
@@ -361,7 +354,7 @@ def _scored_tuner(tmp_path: Path, fail: dict[str, int], **kwargs) -> MlflowTuner
             if fail.get(trial.trial_id, 0) > 0:
                 fail[trial.trial_id] -= 1
                 raise kw.get("error", ValueError)("not this time")
-            return {"score": x}
+            return {"score": x + (1.0 if trial.trial_id in fail else 0.0)}
 
     return Scored(
         oracle=keras_tuner.oracles.RandomSearchOracle(
@@ -382,13 +375,16 @@ def test_retried_trial_gets_its_own_run_and_the_summary_points_at_the_success(
     parent, trials = study_runs(client, "scored")
     attempts = [t for t in trials if t.data.params["trial_number"] == "0"]
     assert sorted(t.info.status for t in attempts) == ["FAILED", "FINISHED"]
-    table = Path(client.download_artifacts(parent.info.run_id, names.ARTIFACT_TRIALS))
-    rows = {line.split(",")[0]: line.split(",")[1] for line in table.read_text().splitlines()[1:]}
+    failed = next(t for t in attempts if t.info.status == "FAILED")
     finished = next(t for t in attempts if t.info.status == "FINISHED")
-    first = sorted(tuner.oracle.trials)[0]
-    assert rows[first] == finished.info.run_id
-    if tuner.oracle.get_best_trials(1)[0].trial_id == first:
-        assert parent.data.tags[names.TAG_BEST_TRIAL_RUN_ID] == finished.info.run_id
+    table = Path(client.download_artifacts(parent.info.run_id, names.ARTIFACT_TRIALS))
+    rows = {r["trial_key"]: r for r in csv.DictReader(table.read_text().splitlines())}
+    assert rows["0"]["run_id"] == failed.info.run_id and rows["0"]["state"] == "FAIL"
+    assert rows["0-retry1"]["run_id"] == finished.info.run_id
+    assert rows["0-retry1"]["state"] == "COMPLETE"
+    # The retried trial scores best (by construction): the summary points at its success.
+    assert tuner.oracle.get_best_trials(1)[0].trial_id == "0"
+    assert parent.data.tags[names.TAG_BEST_TRIAL_RUN_ID] == finished.info.run_id
 
 
 def test_a_trial_interrupted_then_resumed_is_written_again(

@@ -47,7 +47,6 @@ def test_chief_and_two_workers_log_into_one_parent(tmp_path: Path) -> None:
         base = {
             **os.environ,
             "MLFLOW_TRACKING_URI": url,
-            "MLFLOW_HPO_STRICT": "1",
             "KERASTUNER_ORACLE_IP": "127.0.0.1",
             "KERASTUNER_ORACLE_PORT": str(port),
         }

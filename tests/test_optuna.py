@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 import threading
 import warnings
 
 import mlflow
 import optuna
 import pytest
-from conftest import all_runs, assert_no_running, study_runs
+from conftest import all_runs, assert_no_running, hyperparameters, output_exceptions, study_runs
 from mlflow import MlflowClient
+from sklearn.base import BaseEstimator
 
 import mlflow_hpo
 from mlflow_hpo import names
-from mlflow_hpo._batch import TRUNCATION_MARKER
+from mlflow_hpo._core.batch import TRUNCATION_MARKER
 from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 from mlflow_hpo.optuna import MlflowStudyCallback
 
@@ -74,11 +76,11 @@ def test_parent_nests_every_trial_with_faithful_states(
     assert done.data.metrics[names.METRIC_DURATION] >= 0
     history = client.get_metric_history(done.info.run_id, names.METRIC_INTERMEDIATE)
     assert sorted(m.step for m in history) == [0, 1, 2]
-    hp = json.loads(_artifact(client, done.info.run_id, names.ARTIFACT_HYPERPARAMETERS))
+    hp = hyperparameters(done)
     assert hp["values"] == study.trials[0].params  # typed: int stays int, float stays float
     assert isinstance(hp["values"]["units"], int)
     assert hp["distributions"]["units"]["attributes"]["log"] is True
-    assert json.loads(_artifact(client, done.info.run_id, names.ARTIFACT_OUTPUT_EXCEPTIONS)) == []
+    assert output_exceptions(done) == []
 
     assert pruned.info.status == "KILLED"
     assert pruned.data.tags[names.TAG_STATE] == "PRUNED"
@@ -96,10 +98,10 @@ def test_parent_nests_every_trial_with_faithful_states(
     assert parent.data.metrics["n_trials_complete"] == 1
     assert parent.data.metrics["n_trials_pruned"] == 1
     assert parent.data.metrics["n_trials_fail"] == 1
-    assert parent.data.metrics["n_trials_running"] == 0
+    assert parent.data.metrics["n_trials_killed"] == 0
     assert parent.data.tags[names.TAG_BEST_PARAM_PREFIX + "act"] == study.best_params["act"]
     table = _artifact(client, parent.info.run_id, names.ARTIFACT_TRIALS).splitlines()
-    assert table[0].startswith("number,run_id,")
+    assert table[0].startswith("number,trial_key,run_id,state,val_accuracy,")
     assert len(table) == 4
 
 
@@ -269,46 +271,74 @@ def test_long_values_are_truncated_and_many_params_are_batched(
     assert run.data.params["long"].endswith(TRUNCATION_MARKER)
     assert len(run.data.params["long"]) <= 6000
     assert run.data.tags["user_attr.blob"].endswith(TRUNCATION_MARKER)
-    hp = json.loads(_artifact(client, run.info.run_id, names.ARTIFACT_HYPERPARAMETERS))
-    assert hp["values"]["long"] == long_choice  # the artifact keeps the full value
+    # Too big for a tag: the typed record is an artifact, with the full value.
+    assert "mlflow_hpo.hyperparameters" not in run.data.tags
+    hp = hyperparameters(run, client)
+    assert hp["values"]["long"] == long_choice
+
+
+class _Unsaveable(BaseEstimator):
+    """An estimator that fits but cannot be saved (it holds a lock)."""
+
+    def fit(self, x: object, y: object = None) -> _Unsaveable:
+        self.lock_ = threading.Lock()
+        return self
 
 
 def test_logging_failure_warns_and_the_study_goes_on(
-    client: MlflowClient, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+    client: MlflowClient, tracking_uri: str
 ) -> None:
-    monkeypatch.delenv("MLFLOW_HPO_STRICT")
-
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0, 1)
-        mlflow_hpo.log_model(object())  # no MLflow flavor can log this
+        mlflow_hpo.log_model(_Unsaveable().fit(None))  # its model cannot be written
         return x
 
     study = optuna.create_study()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with MlflowStudyCallback(experiment_name="exp", log_models="all") as tracker:
-            study.optimize(tracker.track(objective), n_trials=3, callbacks=[tracker])
-    assert len(study.trials) == 3
+    tracker = MlflowStudyCallback(experiment_name="exp", log_models="all")
+    warning = pytest.warns(MlflowHpoWarning, match="saving the model of trial 0 failed")
+    with warning as caught, tracker:
+        study.optimize(tracker.track(objective), n_trials=3, callbacks=[tracker])
+    # Each warning points at the user's own line (here: the optimize call in this file).
+    assert {w.filename for w in caught} == {__file__}
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert any(issubclass(w.category, MlflowHpoWarning) for w in caught)
     parent, trials = study_runs(client, "exp")
     assert [t.info.status for t in trials] == ["FINISHED"] * 3
-    assert int(parent.data.tags[names.TAG_LOGGING_WARNINGS]) == 3
+    assert all(names.TAG_MODEL_URI not in t.data.tags for t in trials)
+    assert int(parent.data.tags[names.TAG_LOGGING_WARNINGS]) == tracker.warning_count == 3
+
+
+def test_a_model_no_flavor_can_log_is_a_mistake_raised_at_once(tracking_uri: str) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        mlflow_hpo.log_model(object())
+        return 1.0
+
+    study = optuna.create_study()
+    tracker = MlflowStudyCallback(experiment_name="exp")
+    error = pytest.raises(ConfigurationError, match=r"keras\.Model or a scikit-learn estimator")
+    with error, tracker:
+        study.optimize(tracker.track(objective), n_trials=1, callbacks=[tracker])
 
 
 def test_unreachable_store_never_breaks_the_search(tmp_path, monkeypatch) -> None:
     from conftest import free_port
 
-    monkeypatch.delenv("MLFLOW_HPO_STRICT")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     study = optuna.create_study()
-    with pytest.warns(MlflowHpoWarning), MlflowStudyCallback(tracking_uri=uri) as tracker:
-        study.optimize(
-            tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=3, callbacks=[tracker]
-        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with MlflowStudyCallback(tracking_uri=uri, close_timeout=1) as tracker:
+            study.optimize(
+                tracker.track(lambda t: t.suggest_float("x", 0, 1)),
+                n_trials=3,
+                callbacks=[tracker],
+            )
     assert len(study.trials) == 3
+    messages = [str(w.message) for w in caught if issubclass(w.category, MlflowHpoWarning)]
+    assert any("could not be written" in m for m in messages)
+    (waiting,) = [m for m in messages if "mlflow-hpo sync" in m]
+    assert "3 trial run(s)" in waiting
     mlflow.set_tracking_uri(None)
 
 
@@ -407,7 +437,7 @@ def test_names_mlflow_rejects_are_cleaned_and_runs_still_end(
     parent, trials = study_runs(client, "exp")
     assert all(t.info.status == "FINISHED" for t in trials)
     assert "lr_adam_" in trials[0].data.params
-    hp = json.loads(_artifact(client, trials[0].info.run_id, names.ARTIFACT_HYPERPARAMETERS))
+    hp = hyperparameters(trials[0])
     assert "lr(adam)" in hp["values"]  # the original name is kept where types are kept
     assert names.TAG_BEST_PARAM_PREFIX + "lr_adam_" in parent.data.tags
 
@@ -475,8 +505,8 @@ def test_non_blocking_trials_csv_has_every_run_id(client: MlflowClient, tracking
             tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=6, callbacks=[tracker]
         )
     parent, trials = study_runs(client, "exp")
-    rows = _artifact(client, parent.info.run_id, names.ARTIFACT_TRIALS).splitlines()[1:]
-    assert sorted(row.split(",")[1] for row in rows) == sorted(t.info.run_id for t in trials)
+    rows = csv.DictReader(io.StringIO(_artifact(client, parent.info.run_id, names.ARTIFACT_TRIALS)))
+    assert sorted(row["run_id"] for row in rows) == sorted(t.info.run_id for t in trials)
 
 
 def test_a_second_study_on_one_tracker_is_reported(tracking_uri: str) -> None:

@@ -26,13 +26,14 @@ def _objective(trial: optuna.Trial) -> float:
 
 
 def _shape(client: MlflowClient, experiment: str) -> list[tuple]:
-    """What a user sees per run: name, param keys, metric keys, non-system tag keys."""
+    """What a user sees per run: name, param keys, metric keys, tag keys (without MLflow's
+    own system tags and mlflow-hpo's bookkeeping tags)."""
     return sorted(
         (
             r.info.run_name,
             sorted(r.data.params),
             sorted(r.data.metrics),
-            sorted(k for k in r.data.tags if not k.startswith("mlflow.")),
+            sorted(k for k in r.data.tags if not k.startswith(("mlflow.", "mlflow_hpo."))),
         )
         for r in all_runs(client, experiment)
     )
@@ -51,6 +52,9 @@ def test_drop_in_logs_the_same_keys_tags_and_run_names(
     # create_experiment=True: one experiment per study name, as upstream does.
     assert _shape(client, "upstream") == _shape(client, "ours")
     run = all_runs(client, "ours")[0]
+    # The journal's bookkeeping: which study and trial a run is, and which process wrote it.
+    ours = {k for k in run.data.tags if k.startswith("mlflow_hpo.")}
+    assert ours == {"mlflow_hpo.study_key", "mlflow_hpo.trial_key", "mlflow_hpo.owner"}
     assert run.data.tags["direction"] == "MINIMIZE"
     assert run.data.tags["state"] == "COMPLETE"
     assert run.data.tags["owner"] == "me"

@@ -19,10 +19,16 @@ class _Terminal(io.StringIO):
 
 
 def _loop(experiment: str, **options: object) -> None:
-    for params, trial in tracked_sampler(
-        ParameterGrid({"x": [1, 3, 2]}), experiment_name=experiment, **options
-    ):
-        trial.log(score=params["x"])
+    loop = tracked_sampler(
+        ParameterGrid({"x": [1, 3, 2]}),
+        objective="score",
+        direction="maximize",
+        experiment_name=experiment,
+        **options,
+    )
+    with loop as study:
+        for params, trial in study:
+            trial.log(score=params["x"])
 
 
 def test_terminal_shows_done_best_and_eta_on_one_line(
@@ -51,7 +57,9 @@ def test_quiet_with_verbose_0_and_without_a_terminal(
     _loop("log")
     assert "[mlflow-hpo]" not in terminal.getvalue() + log.getvalue()
     with pytest.raises(ConfigurationError, match="verbose"):
-        tracked_sampler(ParameterGrid({"x": [1]}), verbose=-1)
+        tracked_sampler(
+            ParameterGrid({"x": [1]}), objective="score", direction="maximize", verbose=-1
+        )
 
 
 def test_optuna_shows_an_eta_when_told_how_many_trials_to_expect(

@@ -22,7 +22,7 @@ from mlflow_hpo.keras_tuner import RandomSearch
 from mlflow_hpo.layers import LayerGuard
 from mlflow_hpo.optuna import MlflowStudyCallback
 from mlflow_hpo.registry import RebuildError, load_best, promote_best
-from mlflow_hpo.sklearn import tracked_sampler
+from mlflow_hpo.sklearn import TrackedSampler, tracked_sampler
 
 pytestmark = pytest.mark.slow
 
@@ -135,6 +135,12 @@ def test_keras_tuner_promote_load_and_report(
     assert Path(curves).stat().st_size > 1000
 
 
+def _sampler(sampler: object, name: str) -> TrackedSampler:
+    return tracked_sampler(
+        sampler, objective="val_accuracy", direction="maximize", experiment_name=name
+    )
+
+
 def test_sklearn_sampler_promote_load_and_only_if_better(
     client: MlflowClient, tracking_uri: str, digits
 ) -> None:
@@ -146,21 +152,23 @@ def test_sklearn_sampler_promote_load_and_only_if_better(
         return LogisticRegression(C=hp.float("C", 1e-4, 10.0, log=True), max_iter=300)
 
     def run_study(name: str, seed: int, n_iter: int) -> str:
-        for _, trial in tracked_sampler(make.sampler(n_iter, seed), experiment_name=name):
-            model = trial.build(make).fit(flat, y)
-            trial.log(val_accuracy=model.score(flat_v, yv))
-            trial.log_model(model)
+        with _sampler(make.sampler(n_iter, seed), name) as study:
+            for _, trial in study:
+                model = trial.build(make).fit(flat, y)
+                trial.log(val_accuracy=model.score(flat_v, yv))
+                trial.log_model(model)
         return study_runs(client, name)[0].info.run_id
 
     first = promote_best(run_study("sk-a", 0, 1), "digits-lr", only_if_better=True)
     assert load_best("digits-lr").score(flat_v, yv) == pytest.approx(first.value)
     # A study whose best is worse moves nothing and registers nothing.
     worse = []
-    for _, trial in tracked_sampler([{"C": 1e-4}], experiment_name="sk-b"):
-        model = make({"C": 1e-4}).fit(flat, y)
-        trial.log(val_accuracy=model.score(flat_v, yv))
-        trial.log_model(model)
-        worse.append(model.score(flat_v, yv))
+    with _sampler([{"C": 1e-4}], "sk-b") as study:
+        for _, trial in study:
+            model = make({"C": 1e-4}).fit(flat, y)
+            trial.log(val_accuracy=model.score(flat_v, yv))
+            trial.log_model(model)
+            worse.append(model.score(flat_v, yv))
     assert worse[0] < first.value
     kept = promote_best("list", "digits-lr", experiment_name="sk-b", only_if_better=True)
     assert not kept.moved and kept.version == first.version
@@ -175,10 +183,11 @@ def test_same_builder_tuned_by_the_sampler_rebuilds_too(
     client: MlflowClient, tracking_uri: str, digits
 ) -> None:
     x, y, xv, yv = digits
-    for _params, trial in tracked_sampler(build.sampler(2, 0), experiment_name="sampler-keras"):
-        model = trial.build(build)
-        model.fit(x, y, epochs=2, batch_size=64, verbose=0)
-        trial.log(val_accuracy=_val_accuracy(model, xv, yv))
+    with _sampler(build.sampler(2, 0), "sampler-keras") as study:
+        for _params, trial in study:
+            model = trial.build(build)
+            model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+            trial.log(val_accuracy=_val_accuracy(model, xv, yv))
     parent, _ = study_runs(client, "sampler-keras")
     done = promote_best(parent.info.run_id, "digits-sampler")
     assert _val_accuracy(load_best("digits-sampler"), xv, yv) == pytest.approx(done.value, 1e-6)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import keras
 import mlflow.keras
 import numpy as np
 import pytest
-from conftest import assert_no_running, study_runs
+from conftest import assert_no_running, output_exceptions, study_runs
 from mlflow import MlflowClient
 from scikeras.wrappers import KerasClassifier
 from sklearn.datasets import load_digits
@@ -45,8 +43,7 @@ def build(kernel: int = 3, units: int = 16) -> keras.Model:
 
 
 def _exceptions(client: MlflowClient, run_id: str) -> list[str]:
-    with open(client.download_artifacts(run_id, names.ARTIFACT_OUTPUT_EXCEPTIONS)) as f:
-        return list(json.load(f))
+    return output_exceptions(client.get_run(run_id))
 
 
 def test_scikeras_search_keeps_weights_and_exception_lists(
@@ -94,14 +91,19 @@ def test_sampler_loop_with_layer_guard_logs_epochs_and_the_keras_model(
 ) -> None:
     x, y = digits
     xv, yv = x[:60], y[:60]
-    for params, trial in tracked_sampler(
-        ParameterGrid({"kernel": [3, 5]}), experiment_name="keras-loop"
-    ):
-        model = build(kernel=params["kernel"])
-        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.fit(x, y, epochs=3, batch_size=32, verbose=0, validation_data=(xv, yv))
-        loss, accuracy = model.evaluate(xv, yv, verbose=0)
-        trial.log(val_accuracy=accuracy, val_loss=loss)
+    loop = tracked_sampler(
+        ParameterGrid({"kernel": [3, 5]}),
+        objective="val_accuracy",
+        direction="maximize",
+        experiment_name="keras-loop",
+    )
+    with loop as study:
+        for params, trial in study:
+            model = build(kernel=params["kernel"])
+            model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+            model.fit(x, y, epochs=3, batch_size=32, verbose=0, validation_data=(xv, yv))
+            loss, accuracy = model.evaluate(xv, yv, verbose=0)
+            trial.log(val_accuracy=accuracy, val_loss=loss)
     parent, trials = study_runs(client, "keras-loop")
     for run in trials:
         kernel = int(run.data.params["kernel"])

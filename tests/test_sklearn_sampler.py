@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import signal
 from pathlib import Path
 
+import mlflow.models
 import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import all_runs, assert_no_running, study_runs
+from conftest import assert_no_running, output_exceptions, study_runs
 from mlflow import MlflowClient
 from scipy.stats import loguniform
 from sklearn.datasets import load_digits
@@ -19,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from mlflow_hpo import names
-from mlflow_hpo.errors import ConfigurationError
+from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 from mlflow_hpo.sklearn import tracked_sampler
 
 
@@ -43,13 +44,19 @@ def test_one_child_per_sample_with_values_models_and_exceptions(
     space = {"C": loguniform(1e-3, 10), "skip": [0, 1, 2]}
     sampler = ParameterSampler(space, n_iter=4, random_state=0)
     seen = []
-    for params, trial in tracked_sampler(sampler, experiment_name="loop"):
-        model = trial.build(get_model)
-        model.fit(x, y)
-        trial.log(val_accuracy=model.score(xv, yv), val_loss=1.0 - model.score(xv, yv))
-        trial.log_model(model)
-        seen.append((params, trial.number, model.score(xv, yv)))
+    loop = tracked_sampler(
+        sampler, objective="val_accuracy", direction="maximize", experiment_name="loop"
+    )
+    with loop as study:
+        for params, trial in study:
+            model = trial.build(get_model)
+            model.fit(x, y)
+            # The loss is logged first: the objective, not the first metric, ranks trials.
+            trial.log(val_loss=1.0 - model.score(xv, yv), val_accuracy=model.score(xv, yv))
+            trial.log_model(model, input_example=xv[:3])
+            seen.append((params, trial.number, model.score(xv, yv)))
     parent, trials = study_runs(client, "loop")
+    assert loop.study_run_id == parent.info.run_id and loop.warning_count == 0
     assert len(trials) == 4 and parent.info.status == "FINISHED"
     assert parent.data.tags[names.TAG_OBJECTIVES] == "val_accuracy"
     assert parent.data.tags[names.TAG_DIRECTIONS] == "maximize"
@@ -59,27 +66,34 @@ def test_one_child_per_sample_with_values_models_and_exceptions(
         assert float(run.data.params["C"]) == pytest.approx(params["C"])
         assert run.data.metrics["val_accuracy"] == pytest.approx(accuracy)
         assert run.data.metrics["val_loss"] == pytest.approx(1 - accuracy)
-        path = client.download_artifacts(run.info.run_id, names.ARTIFACT_OUTPUT_EXCEPTIONS)
-        with open(path) as f:
-            assert json.load(f) == get_model(params)[1]
+        assert output_exceptions(run) == get_model(params)[1]
         assert run.data.metrics[names.METRIC_N_OUTPUT_EXCEPTIONS] == params["skip"]
     best_number = max(seen, key=lambda s: s[2])[1]
     best = client.get_run(parent.data.tags[names.TAG_BEST_TRIAL_RUN_ID])
     assert int(best.data.params["trial_number"]) == best_number
     model = mlflow.sklearn.load_model(best.data.tags[names.TAG_MODEL_URI])
     assert model.score(xv, yv) == pytest.approx(best.data.metrics["val_accuracy"])
+    info = mlflow.models.get_model_info(best.data.tags[names.TAG_MODEL_URI])
+    assert info.signature is not None  # from the input example given to log_model
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv"))
     assert sorted(table["run_id"]) == sorted(t.info.run_id for t in trials)
+
+
+def _grid(**options):
+    return tracked_sampler(
+        ParameterGrid({"units": [8, 16, 32]}),
+        objective=options.pop("objective", "acc"),
+        direction=options.pop("direction", "maximize"),
+        **options,
+    )
 
 
 def test_an_exception_in_the_body_fails_that_trial_and_propagates(
     client: MlflowClient, tracking_uri: str
 ) -> None:
     error = RuntimeError("shape mismatch in my training code")
-    with pytest.raises(RuntimeError) as raised:
-        for params, trial in tracked_sampler(
-            ParameterGrid({"units": [8, 16, 32]}), experiment_name="fails", objective="acc"
-        ):
+    with pytest.raises(RuntimeError) as raised, _grid(experiment_name="fails") as study:
+        for params, trial in study:
             if params["units"] == 16:
                 raise error
             trial.log(acc=params["units"] / 100)
@@ -88,20 +102,48 @@ def test_an_exception_in_the_body_fails_that_trial_and_propagates(
     assert [t.info.status for t in trials] == ["FINISHED", "FAILED"]
     assert parent.info.status == "FAILED"
     assert trials[1].data.tags[names.TAG_STATE] == names.STATE_FAIL
-    error = Path(client.download_artifacts(trials[1].info.run_id, "error.txt")).read_text()
-    assert __file__ in error and "raise error" in error  # where the body raised it
+    assert trials[1].data.tags[names.TAG_ERROR_CLASS] == "RuntimeError"
+    text = Path(client.download_artifacts(trials[1].info.run_id, "error.txt")).read_text()
+    # The real traceback: the file and line of the body, and the message.
+    assert "Traceback" in text and __file__ in text and "raise error" in text
+    assert "shape mismatch in my training code" in text
     assert_no_running(client, "fails")
 
 
-def test_break_ends_the_study_finished(client: MlflowClient, tracking_uri: str) -> None:
-    for params, trial in tracked_sampler(
-        ParameterGrid({"units": [8, 16, 32]}), experiment_name="early", direction="minimize"
-    ):
-        trial.log(loss=1 / params["units"])
-        if params["units"] == 16:
-            break
-    parent, trials = study_runs(client, "early")
+@pytest.mark.parametrize(
+    "stop",
+    ["break", "islice", "zip", "next", "del"],
+)
+def test_every_way_of_leaving_the_loop_ends_it_faithfully(
+    client: MlflowClient, tracking_uri: str, stop: str
+) -> None:
+    with _grid(experiment_name=stop, direction="minimize", objective="loss") as study:
+        if stop == "break":
+            for params, trial in study:
+                trial.log(loss=1 / params["units"])
+                if params["units"] == 16:
+                    break
+        elif stop == "islice":
+            for params, trial in itertools.islice(study, 2):
+                trial.log(loss=1 / params["units"])
+        elif stop == "zip":
+            for _, (params, trial) in zip(range(2), study, strict=False):
+                trial.log(loss=1 / params["units"])
+        elif stop == "next":
+            samples = iter(study)
+            for _ in range(2):
+                params, trial = next(samples)
+                trial.log(loss=1 / params["units"])
+        else:  # the loop's iterator is dropped mid-study
+            samples = iter(study)
+            params, trial = next(samples)
+            trial.log(loss=1 / params["units"])
+            params, trial = next(samples)
+            trial.log(loss=1 / params["units"])
+            del samples
+    parent, trials = study_runs(client, stop)
     assert [t.info.status for t in trials] == ["FINISHED", "FINISHED"]
+    assert [t.data.tags[names.TAG_STATE] for t in trials] == ["COMPLETE", "COMPLETE"]
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["best_loss"] == pytest.approx(1 / 16)  # minimize: 16 beats 8
 
@@ -109,10 +151,9 @@ def test_break_ends_the_study_finished(client: MlflowClient, tracking_uri: str) 
 def test_ctrl_c_in_the_body_kills_the_trial_and_the_study(
     client: MlflowClient, tracking_uri: str
 ) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        for params, trial in tracked_sampler(
-            ParameterGrid({"units": [8, 16, 32]}), experiment_name="ctrl-c"
-        ):
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), _grid(experiment_name="ctrl-c") as study:
+        for params, trial in study:
             trial.log(step=0, loss=1.0)
             if params["units"] == 16:
                 os.kill(os.getpid(), signal.SIGINT)
@@ -120,20 +161,37 @@ def test_ctrl_c_in_the_body_kills_the_trial_and_the_study(
     parent, trials = study_runs(client, "ctrl-c")
     assert [t.info.status for t in trials] == ["FINISHED", "KILLED"]
     assert parent.info.status == "KILLED"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # never replaced
+
+
+def test_a_bare_loop_still_works_and_says_how_to_scope_it(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    with pytest.warns(FutureWarning, match="with tracked_sampler"):
+        for params, trial in _grid(experiment_name="bare"):
+            trial.log(acc=params["units"])
+    parent, trials = study_runs(client, "bare")
+    assert [t.info.status for t in trials] == ["FINISHED"] * 3
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_acc"] == 32
 
 
 def test_live_steps_and_mlflow_calls_land_on_the_trial_run(
     client: MlflowClient, tracking_uri: str
 ) -> None:
-    for _params, trial in tracked_sampler(
-        ParameterGrid({"lr": [0.1, 0.01]}), experiment_name="live", objective="acc"
-    ):
-        for epoch in range(3):
-            trial.log(step=epoch, loss=1.0 / (epoch + 1))
-        mlflow.log_param("note", "from the body")  # MLflow's active run is the trial's run
-        assert mlflow.active_run().info.run_id == trial.run_id
-        trial.log(acc=0.9)
+    loop = tracked_sampler(
+        ParameterGrid({"lr": [0.1, 0.01]}),
+        objective="acc",
+        direction="maximize",
+        experiment_name="live",
+    )
+    with loop as study:
+        for _params, trial in study:
+            for epoch in range(3):
+                trial.log(step=epoch, loss=1.0 / (epoch + 1))
+            mlflow.log_param("note", "from the body")  # MLflow's active run is the trial's
+            assert mlflow.active_run().info.run_id == trial.run_id
+            trial.log(acc=0.9)
     _, trials = study_runs(client, "live")
     for run in trials:
         history = client.get_metric_history(run.info.run_id, "loss")
@@ -142,12 +200,27 @@ def test_live_steps_and_mlflow_calls_land_on_the_trial_run(
     assert mlflow.active_run() is None
 
 
+def test_an_objective_that_is_never_logged_is_reported_once(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    warning = pytest.warns(MlflowHpoWarning, match="did not log the objective score")
+    with warning as caught, _grid(experiment_name="unlogged", objective="score") as study:
+        for params, trial in study:
+            trial.log(acc=params["units"])
+    assert len([w for w in caught if "objective" in str(w.message)]) == 1
+    parent, _ = study_runs(client, "unlogged")
+    assert names.TAG_BEST_TRIAL_RUN_ID not in parent.data.tags
+
+
 def test_bad_input_is_refused_before_any_run(client: MlflowClient, tracking_uri: str) -> None:
     with pytest.raises(ConfigurationError, match="ParameterSampler"):
-        tracked_sampler({"C": [1, 2]}, experiment_name="bad")
+        tracked_sampler({"C": [1, 2]}, objective="acc", direction="maximize")
     with pytest.raises(ConfigurationError, match="direction"):
-        tracked_sampler(ParameterGrid({"C": [1]}), direction="up", experiment_name="bad")
-    with pytest.raises(ConfigurationError, match="an item of type int"):
-        for _ in tracked_sampler([1, 2], experiment_name="bad"):
+        tracked_sampler(ParameterGrid({"C": [1]}), objective="acc", direction="up")
+    with pytest.raises(ConfigurationError, match="the metric that ranks trials"):
+        tracked_sampler(ParameterGrid({"C": [1]}), objective="", direction="maximize")
+    error = pytest.raises(ConfigurationError, match="an item of type int")
+    with error, tracked_sampler([1, 2], objective="acc", direction="maximize") as study:
+        for _ in study:
             pass
-    assert client.get_experiment_by_name("bad") is None or not all_runs(client, "bad")
+    assert client.get_experiment_by_name("bad") is None

@@ -8,8 +8,8 @@ user reading the UI knows it is not the whole value; the full typed values alway
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
 import time
 import traceback
@@ -20,7 +20,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils import validation
 
-TRUNCATION_MARKER = "...[truncated]"
+TRUNCATION_MARKER = "...[truncated]"  # values: any character is allowed there
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 
 
@@ -31,18 +31,25 @@ def truncate(value: str, limit: int) -> str:
     return value[: max(limit - len(TRUNCATION_MARKER), 0)] + TRUNCATION_MARKER
 
 
-def _key(key: str) -> str:
+def key(name: str) -> str:
     """A key MLflow accepts: bad characters become ``_`` (``lr(adam)`` -> ``lr_adam_``).
 
     Optuna and Keras Tuner allow any string as a name; MLflow does not. The original names
-    are kept in ``hyperparameters.json``.
+    are kept in the typed hyperparameter record. A key over MLflow's length limit keeps its
+    start and ends in ``...`` plus a digest of the whole name, so two long names that share
+    their start stay two keys (MLflow refuses ``[`` and ``]`` in keys, so the value marker
+    cannot be used here).
     """
-    text = str(key)
+    text = str(name)
     if not validation.validate_param_and_metric_name(text):
         text = _BAD_KEY_CHARS.sub("_", text)
     if validation.path_not_unique(text):
         text = text.replace("/", "_").replace("..", "__").lstrip(".") or "_"
-    return truncate(text, validation.MAX_ENTITY_KEY_LENGTH)
+    limit = validation.MAX_ENTITY_KEY_LENGTH
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(str(name).encode()).hexdigest()[:10]
+    return f"{text[: limit - 13]}...{digest}"
 
 
 def as_text(value: Any) -> str:
@@ -60,13 +67,13 @@ def as_text(value: Any) -> str:
 def params(values: Mapping[str, Any]) -> list[Param]:
     """MLflow params, values truncated to ``MAX_PARAM_VAL_LENGTH``."""
     limit = validation.MAX_PARAM_VAL_LENGTH
-    return [Param(_key(k), truncate(as_text(v), limit)) for k, v in values.items()]
+    return [Param(key(k), truncate(as_text(v), limit)) for k, v in values.items()]
 
 
 def tags(values: Mapping[str, Any]) -> list[RunTag]:
     """MLflow tags, values truncated to ``MAX_TAG_VAL_LENGTH``."""
     limit = validation.MAX_TAG_VAL_LENGTH
-    return [RunTag(_key(k), truncate(as_text(v), limit)) for k, v in values.items()]
+    return [RunTag(key(k), truncate(as_text(v), limit)) for k, v in values.items()]
 
 
 def tag_dict(values: Mapping[str, Any]) -> dict[str, str]:
@@ -78,30 +85,30 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def metric(key: str, value: float, step: int = 0, timestamp: int | None = None) -> Metric:
+def metric(name: str, value: float, step: int = 0, timestamp: int | None = None) -> Metric:
     """One metric point; ``None``/non-numeric values raise ``TypeError`` early."""
     number = float(value)
-    return Metric(_key(key), number, timestamp if timestamp is not None else now_ms(), int(step))
+    return Metric(key(name), number, timestamp if timestamp is not None else now_ms(), int(step))
 
 
 def metrics(values: Mapping[str, Any], step: int = 0, timestamp: int | None = None) -> list[Metric]:
     """Metric points for every numeric, finite-or-nan value; others are skipped."""
     stamp = timestamp if timestamp is not None else now_ms()
     out = []
-    for key, value in values.items():
+    for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             try:
                 value = float(value)
             except (TypeError, ValueError):
                 continue
-        out.append(metric(key, value, step, stamp))
+        out.append(metric(name, value, step, stamp))
     return out
 
 
-def history(key: str, points: Iterable[tuple[int, float]]) -> list[Metric]:
+def history(name: str, points: Iterable[tuple[int, float]]) -> list[Metric]:
     """A metric history from ``(step, value)`` pairs."""
     stamp = now_ms()
-    return [metric(key, value, step, stamp) for step, value in points]
+    return [metric(name, value, step, stamp) for step, value in points]
 
 
 def error_text(error: BaseException) -> str:
@@ -118,9 +125,13 @@ def error_class(traceback_text: str) -> str | None:
     return head.rsplit(".", 1)[-1]
 
 
-def dump(folder: str, name: str, payload: Any) -> None:
-    with open(os.path.join(folder, name), "w") as f:
-        json.dump(payload, f, indent=2, default=as_text)
+def as_json(payload: Any) -> str:
+    """``payload`` as compact JSON; values JSON cannot hold are shown as text."""
+    return json.dumps(payload, default=as_text, separators=(",", ":"))
+
+
+def fits_in_tag(text: str) -> bool:
+    return len(text) <= validation.MAX_TAG_VAL_LENGTH
 
 
 def iso(ms: int) -> str:

@@ -1,59 +1,42 @@
-"""Which trials keep their model, and how a model object becomes an MLflow model.
+"""Which trials keep their model, and how a model becomes an MLflow 3 logged model.
 
 The ``log_models`` policy:
 
-* ``"best"`` (default): log a trial's model only when the trial improves on every completed
-  trial before it (for several objectives: when no earlier trial dominates it);
+* ``"best"`` (default): a trial's model when the trial improves on every completed trial
+  before it (several objectives: when no earlier trial dominates it);
 * ``"all"``: every completed trial;
-* ``"none"``: never (the Keras ``fit`` hook is not even installed);
-* an ``int`` k: keep the top k; models pushed out of the top k are deleted again.
+* ``"none"``: never;
+* an ``int`` k: the top k; models pushed out of the top k are deleted again.
 
-Models are logged through MLflow's own flavors (``keras``, ``sklearn``) as logged models
-attached to the trial run, so they reload with ``mlflow.<flavor>.load_model`` without the
-builder code. Requirements are the flavor's defaults: MLflow's inference would start a
-subprocess and cost seconds per trial.
+A kept model is first saved to a local folder (MLflow's own flavor, ``keras`` or ``sklearn``,
+with a signature and a small input example, and explicit pip requirements, which spares
+MLflow's seconds-long requirement inference), then uploaded by a journalled entry: a logged
+model of the trial run, its objective metric linked to it (the Models tab ranks by it), and
+the ``mlflow_hpo.model_uri`` tag. The local copy makes the upload safe across an outage.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
+import os
+import shutil
 import sys
 import threading
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow import MlflowClient
-from mlflow.entities import Run
-
-from mlflow_hpo import names
+from mlflow_hpo._core import batch, journal, names
+from mlflow_hpo._core.options import validate_policy
+from mlflow_hpo._core.study import better, dominates
 from mlflow_hpo.errors import ConfigurationError
 
-MODES = ("best", "all", "none")
+if TYPE_CHECKING:
+    from mlflow_hpo._core.store import Store
+    from mlflow_hpo._core.trial import TrialRun
 
-
-def validate_policy(log_models: Any) -> str | int:
-    """Return a checked ``log_models`` value or raise :class:`ConfigurationError`."""
-    if isinstance(log_models, str) and log_models in MODES:
-        return log_models
-    if isinstance(log_models, int) and not isinstance(log_models, bool) and log_models >= 1:
-        return log_models
-    raise ConfigurationError(
-        "log_models",
-        'one of "best", "all", "none" or a positive int k (keep the top k)',
-        log_models,
-        'Use log_models="none" to log no weights at all.',
-    )
-
-
-def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "maximize" else a < b
-
-
-def dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
-    """True when ``a`` is at least as good as ``b`` everywhere and better somewhere."""
-    pairs = list(zip(a, b, directions, strict=False))
-    no_worse = all(not _better(y, x, d) for x, y, d in pairs)
-    return no_worse and any(_better(x, y, d) for x, y, d in pairs)
+__all__ = ["ModelPolicy", "flavor_for", "model_ops", "validate_policy"]
 
 
 @dataclass
@@ -61,6 +44,7 @@ class _Kept:
     key: str
     values: list[float]
     model_id: str | None = None
+    ref: str | None = None
 
 
 class ModelPolicy:
@@ -71,7 +55,7 @@ class ModelPolicy:
     """
 
     def __init__(self, policy: str | int) -> None:
-        self.policy = policy
+        self.policy = validate_policy(policy)
         self.directions: list[str] = ["minimize"]
         self._completed: dict[str, _Kept] = {}
         self._best: float | None = None  # single objective: the best value so far
@@ -88,9 +72,8 @@ class ModelPolicy:
                 self._record(key, values)
 
     def _record(self, key: str, values: list[float]) -> bool:
-        """Store the trial; return whether it beats the single-objective best so far."""
         self._completed[key] = _Kept(key, values)
-        improved = self._best is None or _better(values[0], self._best, self.directions[0])
+        improved = self._best is None or better(values[0], self._best, self.directions[0])
         if improved:
             self._best = values[0]
         return improved
@@ -106,14 +89,14 @@ class ModelPolicy:
                 if len(self.directions) > 1:
                     return not any(dominates(k.values, values, self.directions) for k in others)
                 return improved
-            better = sum(1 for k in others if _better(k.values[0], values[0], self.directions[0]))
-            return better < int(self.policy)
+            ahead = sum(1 for k in others if better(k.values[0], values[0], self.directions[0]))
+            return ahead < int(self.policy)
 
-    def kept(self, key: str, model_id: str) -> list[str]:
-        """Note a logged model; return the ids of models now outside the top k."""
+    def kept(self, key: str, ref: str) -> list[str]:
+        """Note a kept model; return the run refs whose models are now outside the top k."""
         with self._lock:
             if key in self._completed:
-                self._completed[key].model_id = model_id
+                self._completed[key].ref = ref
             if not isinstance(self.policy, int):
                 return []
             ranked = sorted(
@@ -121,9 +104,9 @@ class ModelPolicy:
                 key=lambda k: k.values[0],
                 reverse=self.directions[0] == "maximize",
             )
-            evicted = [k.model_id for k in ranked[self.policy :] if k.model_id]
+            evicted = [k.ref for k in ranked[self.policy :] if k.ref]
             for k in ranked[self.policy :]:
-                k.model_id = None
+                k.ref = None
             return evicted
 
 
@@ -163,42 +146,188 @@ def flavor_for(model: Any) -> tuple[Any, Any]:
     )
 
 
-def log_model(
-    client: MlflowClient, model: Any, run: Run, tags: dict[str, str], params: dict[str, str]
-) -> tuple[str, str]:
-    """Log ``model`` as a logged model of ``run``; return ``(models:/ URI, model id)``.
+def _pinned(*dists: str) -> list[str]:
+    out = []
+    for dist in dists:
+        try:
+            out.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
 
-    The logged model is created here, in the run's experiment: ``Model.log`` alone would put
-    it in MLflow's *active* experiment, which differs when the tracker chose the experiment.
-    ``Model.log`` resolves the store from MLflow's global tracking URI, which the tracker sets
-    when it is given ``tracking_uri`` (as optuna-integration's callback does).
-    """
-    from mlflow.models import Model
 
+def requirements(flavor: Any) -> list[str]:
+    """What the model needs to load, pinned to what is installed (MLflow's own inference
+    starts a subprocess that takes seconds per model)."""
+    if flavor.__name__ == "mlflow.keras":
+        return _pinned("mlflow", "keras", "tensorflow-cpu", "tensorflow", "numpy")
+    return _pinned("mlflow", "scikit-learn", "cloudpickle", "numpy", "scikeras")
+
+
+def signature_of(flavor: Any, model: Any, example: Any) -> Any:
+    """The model's signature from a few input rows (one cheap prediction), or ``None``."""
+    if example is None:
+        return None
+    from mlflow.models import infer_signature
+
+    if flavor.__name__ == "mlflow.keras":
+        return infer_signature(example, model.predict_on_batch(example))
+    return infer_signature(example, model.predict(example))
+
+
+def save_locally(model: Any, folder: str, example: Any) -> None:
+    """Save ``model`` with its flavor into ``folder`` (created), signature and example."""
     flavor, obj = flavor_for(model)
-    logged = client.create_logged_model(
-        experiment_id=run.info.experiment_id,
-        name=names.MODEL_ARTIFACT,
-        source_run_id=run.info.run_id,
-        tags=tags,
-        params=params,
-    )
+    os.makedirs(folder, exist_ok=True)  # mlflow.keras writes the example before the folder
+    kwargs: dict[str, Any] = {"pip_requirements": requirements(flavor)}
+    try:
+        signature = signature_of(flavor, obj, example)
+    except Exception:  # a model that cannot predict on its own input: save it without
+        signature, example = None, None
+    if signature is not None:
+        kwargs["signature"] = signature
+        kwargs["input_example"] = example
+    if flavor.__name__ == "mlflow.sklearn":
+        # MLflow's skops default refuses common estimators (trees, forests) unless every type
+        # is listed as trusted; cloudpickle reloads any estimator, as MLflow 2 did.
+        kwargs["serialization_format"] = flavor.SERIALIZATION_FORMAT_CLOUDPICKLE
     # Flavors name their model argument differently (keras: model, sklearn: sk_model).
     model_argument = next(iter(inspect.signature(flavor.save_model).parameters))
-    # The flavor's default requirements: inferring them would cost seconds per model.
-    extra: dict[str, Any] = {"pip_requirements": flavor.get_default_pip_requirements()}
-    if flavor.__name__ == "mlflow.sklearn":
-        # MLflow's skops default refuses common estimators (trees, forests) unless every
-        # type is listed as trusted; cloudpickle reloads any estimator, as MLflow 2 did.
-        extra["serialization_format"] = flavor.SERIALIZATION_FORMAT_CLOUDPICKLE
-        extra["pip_requirements"] = flavor.get_default_pip_requirements(include_cloudpickle=True)
-    info = Model.log(
-        artifact_path=None,
-        name=names.MODEL_ARTIFACT,
-        flavor=flavor,
-        **{model_argument: obj},
-        run_id=run.info.run_id,
-        model_id=logged.model_id,
-        **extra,
+    flavor.save_model(**{model_argument: obj}, path=folder, **kwargs)
+
+
+def model_ops(
+    tracker: Any, handle: TrialRun, values: dict[str, float], params: dict[str, Any]
+) -> list[journal.Op]:
+    """Save ``handle.model`` locally now (tens of ms with explicit requirements), and the
+    journalled entry that uploads it."""
+    folder = str(journal.home() / "models" / uuid.uuid4().hex)
+    example = handle.input_example
+    if example is not None and hasattr(example, "__getitem__"):
+        example = example[:5]
+    save_locally(handle.model, folder, example)
+    return [
+        journal.Op(
+            handle.ref,
+            "upload_model",
+            {
+                "folder": folder,
+                "trial_key": handle.key,
+                "study_key": tracker.study_key,
+                "number": handle.number,
+                "params": {p.key: p.value for p in batch.params(params)},
+                "metrics": [[batch.key(k), float(v)] for k, v in values.items()],
+            },
+        )
+    ]
+
+
+def upload(store: Store, op: journal.Op) -> None:
+    """Upload a saved model as a logged model of its trial run (idempotent)."""
+    p = op.payload
+    run_id = store.run_id(op.ref)
+    model_id = None
+    if op.attempts > 1:  # an earlier attempt may have created it
+        found = store.client.search_logged_models(
+            [str(store.experiment_id)], filter_string=f"source_run_id = '{run_id}'"
+        )
+        model_id = next((m.model_id for m in found if m.name == names.MODEL_ARTIFACT), None)
+    tags = {
+        names.TAG_TRIAL_KEY: p["trial_key"],
+        names.TAG_STUDY_KEY: p.get("study_key") or "",
+        names.PARAM_TRIAL_NUMBER: str(p["number"]),
+    }
+    publish(
+        store.client,
+        run_id,
+        str(store.experiment_id),
+        p["folder"],
+        tags=tags,
+        params=p.get("params") or {},
+        metrics=dict(p.get("metrics", [])),
+        model_id=model_id,
     )
-    return str(info.model_uri), str(logged.model_id)
+
+
+def publish(
+    client: Any,
+    run_id: str,
+    experiment_id: str,
+    folder: str,
+    *,
+    tags: dict[str, str],
+    params: dict[str, str],
+    metrics: dict[str, float],
+    model_id: str | None = None,
+) -> str:
+    """Make the model saved in ``folder`` a logged model of ``run_id``; return its URI.
+
+    The objective metrics are logged with the model's id, which is what the Models tab (and
+    ``search_logged_models(order_by=...)``) ranks by. ``folder`` is removed afterwards.
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+    from mlflow.models import Model
+
+    if model_id is None:
+        logged = client.create_logged_model(
+            experiment_id=experiment_id,
+            name=names.MODEL_ARTIFACT,
+            source_run_id=run_id,
+            tags=tags,
+            params=params or None,
+        )
+        model_id = str(logged.model_id)
+    if os.path.isdir(folder):  # gone: an earlier attempt uploaded it
+        logged = client.get_logged_model(model_id)
+        stamp = Model.load(folder)  # what Model.log records: get_model_info reports them
+        stamp.run_id, stamp.model_id = run_id, model_id
+        stamp.model_uuid, stamp.artifact_path = model_id, logged.artifact_location
+        stamp.save(os.path.join(folder, "MLmodel"))
+        client.log_model_artifacts(model_id, folder)
+    client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+    now = batch.now_ms()
+    if metrics:
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()],
+        )
+    uri = f"models:/{model_id}"
+    client.set_tag(run_id, names.TAG_MODEL_URI, uri)
+    shutil.rmtree(folder, ignore_errors=True)
+    return uri
+
+
+def log_now(client: Any, run: Any, model: Any, params: dict[str, Any], tags: dict[str, str]) -> str:
+    """Save and log ``model`` on ``run`` at once (outside a study: the registry's rebuild)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mlflow-hpo-model-")
+    save_locally(model, folder, None)
+    return publish(
+        client,
+        run.info.run_id,
+        run.info.experiment_id,
+        folder,
+        tags=tags,
+        params={p.key: p.value for p in batch.params(params)},
+        metrics={},
+    )
+
+
+def delete(store: Store, op: journal.Op) -> None:
+    """Delete the logged model of run ``op.ref`` (out of the top k) and its tag."""
+    from mlflow.exceptions import MlflowException
+
+    client = store.client
+    run_id = store.run_id(op.ref)
+    run = client.get_run(run_id)
+    uri = run.data.tags.get(names.TAG_MODEL_URI)
+    if not uri:
+        return
+    try:
+        client.delete_logged_model(uri.split("/", 1)[-1].lstrip("/"))
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    client.delete_tag(run_id, names.TAG_MODEL_URI)

@@ -21,6 +21,12 @@ TAG_PARENT_RUN_ID = MLFLOW_PARENT_RUN_ID  # "mlflow.parentRunId": makes the UI n
 # --- tags on trial runs ---
 TAG_TRIAL_KEY = "mlflow_hpo.trial_key"
 TAG_STATE = "mlflow_hpo.state"
+# Small JSON records go in tags when they fit MLflow's tag limit (one store call saved per
+# file); a larger record becomes the artifact of the same name (``ARTIFACT_*``).
+TAG_HYPERPARAMETERS = "mlflow_hpo.hyperparameters"  # typed values, distributions, backend
+TAG_OUTPUT_EXCEPTIONS = "mlflow_hpo.output_exceptions"  # JSON list of skipped layers
+TAG_OWNER = "mlflow_hpo.owner"  # host:pid:nonce of the process that writes the run
+TAG_END_REASON = "mlflow_hpo.end_reason"  # why a run was ended on resume or sync
 TAG_ERROR_CLASS = "mlflow_hpo.error_class"
 TAG_PRUNED_STEP = "mlflow_hpo.pruned_step"
 TAG_MODEL_URI = "mlflow_hpo.model_uri"
@@ -38,7 +44,8 @@ TAG_OBJECTIVES = "mlflow_hpo.objectives"
 TAG_BEST_TRIAL_RUN_ID = "mlflow_hpo.best_trial_run_id"
 TAG_BEST_TRIAL_NUMBER = "mlflow_hpo.best_trial_number"
 TAG_BEST_PARAM_PREFIX = "mlflow_hpo.best_param."
-TAG_LOGGING_WARNINGS = "mlflow_hpo.logging_warnings"
+TAG_LOGGING_WARNINGS = "mlflow_hpo.logging_warnings"  # total over every worker
+TAG_WORKER_WARNINGS_PREFIX = "mlflow_hpo.logging_warnings."  # .<host>-<pid>: one worker's
 TAG_PARETO_TRIALS = "mlflow_hpo.pareto_trials"
 TAG_LEFT_OUT = "mlflow_hpo.left_out_candidates"  # scikit-learn, when max_child_runs cuts
 TAG_KT_TUNER = "keras_tuner.tuner"  # the tuner class
@@ -92,6 +99,15 @@ RUN_STATUS_FOR_STATE = {
     STATE_KILLED: "KILLED",
 }
 
+# --- backends ---
+BACKEND_OPTUNA = "optuna"
+BACKEND_KERAS_TUNER = "keras_tuner"
+BACKEND_SKLEARN = "sklearn"
+BACKEND_HYPEROPT = "hyperopt"
+BACKEND_RAY = "ray_tune"
+BACKENDS = (BACKEND_OPTUNA, BACKEND_KERAS_TUNER, BACKEND_SKLEARN, BACKEND_HYPEROPT, BACKEND_RAY)
+
 # --- environment ---
+ENV_HOME = "MLFLOW_HPO_HOME"  # where journals live (default: the user cache dir)
 ENV_STRICT = "MLFLOW_HPO_STRICT"
 ENV_REPORTS = "MLFLOW_HPO_REPORTS"  # "0" turns off the reports written when a study closes

@@ -1,12 +1,14 @@
-"""Find or create the one parent run of a study, even with several worker processes.
+"""Finding, creating and searching study runs, safely across processes.
 
 A study is identified by a *study key* derived from where the backend keeps its state
-(an Optuna storage URL and study id, a Keras Tuner project directory, ...). Workers that
-start together may each create a candidate parent; they then all pick the oldest candidate
-(start time, then run id) and the others delete their own. Every worker makes the same
-choice, so exactly one parent survives however many workers race. A backend that can store
-the chosen id next to its own state (an Optuna study attribute) passes it back as
-``known_parent_id`` on later joins, which skips the search.
+(an Optuna storage URL and study id, a Keras Tuner project directory, ...), or made up for a
+study that lives in one process only. Workers that start together may each create a
+candidate parent; they then all pick the oldest candidate (start time, then run id) and the
+others delete their own. Every worker makes the same choice, so exactly one parent survives
+however many workers race. A backend that can store the chosen id next to its own state (an
+Optuna study attribute) passes it back as ``known_parent_id`` on later joins.
+
+Every user-provided value that goes into a search filter is quoted by :func:`equals`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import fluent
 
-from mlflow_hpo import _batch, names
+from mlflow_hpo._core import batch, compat, names
+from mlflow_hpo.errors import ConfigurationError
 
-_PAGE = 1000
+PAGE = 1000
 _SETTLE_S = 0.5
 
 
@@ -33,65 +35,97 @@ def study_key(backend: str, description: str) -> str:
     return f"{backend}-{digest}"
 
 
+def equals(field: str, value: str) -> tuple[str, bool]:
+    """``(filter clause, exact)`` for ``field = value``, whatever quotes ``value`` holds.
+
+    MLflow's filter strings have no escape character: a value is quoted with whichever quote
+    it does not contain. A value with both kinds is matched with ``LIKE`` (each quote a
+    one-character wildcard) and ``exact`` is ``False``: the caller keeps only the runs whose
+    value really is ``value``.
+    """
+    if "'" not in value:
+        return f"{field} = '{value}'", True
+    if '"' not in value:
+        return f'{field} = "{value}"', True
+    pattern = value.replace("'", "_").replace('"', "_")
+    return f"{field} LIKE '{pattern}'", False
+
+
+def tag(key: str) -> str:
+    return f"tags.`{key}`"
+
+
+def search(
+    client: MlflowClient,
+    experiment_id: str,
+    clauses: list[tuple[str, bool]],
+    *,
+    exact: dict[str, str] | None = None,
+    order_by: list[str] | None = None,
+    max_results: int | None = None,
+) -> list[Run]:
+    """Every run matching all ``clauses`` (paged); ``exact`` (tag -> value) filters the
+    runs a ``LIKE`` clause let through."""
+    runs: list[Run] = []
+    token = None
+    filter_string = " and ".join(clause for clause, _ in clauses)
+    page = PAGE if max_results is None else min(PAGE, max_results)
+    while True:
+        found = client.search_runs(
+            [experiment_id], filter_string, ViewType.ACTIVE_ONLY, page, order_by, token
+        )
+        runs.extend(found)
+        token = found.token
+        if not token or (max_results is not None and len(runs) >= max_results):
+            break
+    if exact:
+        runs = [r for r in runs if all(r.data.tags.get(k) == v for k, v in exact.items())]
+    return runs
+
+
 def resolve_experiment(client: MlflowClient, experiment_name: str | None, fallback: str) -> str:
-    """Experiment id: the given name, else MLflow's active/env experiment, else ``fallback``."""
+    """Experiment id: the given name, else MLflow's active/env experiment, else ``fallback``.
+
+    Raises:
+        ConfigurationError: The experiment is deleted.
+    """
     name = experiment_name
     if name is None:
         env_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
         if env_id:
             return env_id
-        if fluent._active_experiment_id is not None:
-            return str(fluent._active_experiment_id)
+        active = compat.active_experiment_id()
+        if active is not None:
+            return active
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or fallback
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return str(client.create_experiment(name))
         except MlflowException:
             # Another worker created it between our lookup and our create.
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
-        raise MlflowException(
-            f"Experiment {name!r} is deleted. Restore it (mlflow experiments restore) or "
-            "pass another experiment_name."
+        raise ConfigurationError(
+            "experiment_name",
+            "an active experiment",
+            f"{name!r} (deleted)",
+            f"Restore it (mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}) or pass another experiment_name.",
         )
     return str(experiment.experiment_id)
 
 
-def _search(
-    client: MlflowClient, experiment_id: str, filter_string: str, order_by: list[str] | None = None
-) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string, ViewType.ACTIVE_ONLY, _PAGE, order_by, token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _candidates(client: MlflowClient, experiment_id: str, key: str) -> list[Run]:
-    found = _search(
+def candidates(client: MlflowClient, experiment_id: str, key: str) -> list[Run]:
+    found = search(
         client,
         experiment_id,
-        f"tags.`{names.TAG_STUDY_KEY}` = '{key}' "
-        f"and tags.`{names.TAG_ROLE}` = '{names.ROLE_STUDY}'",
+        [equals(tag(names.TAG_STUDY_KEY), key), equals(tag(names.TAG_ROLE), names.ROLE_STUDY)],
+        exact={names.TAG_STUDY_KEY: key},
     )
     return sorted(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-
-
-def enclosing_run_id() -> str | None:
-    """The user's own run to nest the study under: the active run in this thread, else the
-    run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``)."""
-    active = fluent.active_run()
-    if active is not None:
-        return str(active.info.run_id)
-    return os.environ.get("MLFLOW_RUN_ID") or None
 
 
 def open_parent(
@@ -99,10 +133,9 @@ def open_parent(
     experiment_id: str,
     *,
     study_name: str,
-    key: str | None,
+    key: str,
     known_parent_id: str | None,
     tags: dict[str, Any],
-    enclosing_run_id: str | None = None,
 ) -> tuple[Run, bool]:
     """Return ``(parent_run, reused)``; a reused parent is set back to RUNNING."""
     if known_parent_id:
@@ -111,79 +144,69 @@ def open_parent(
         except MlflowException:
             run = None
         if run is not None and run.info.lifecycle_stage == "active":
-            _reopen(client, run)
+            reopen(client, run)
             return run, True
-    if key is not None:
-        existing = _candidates(client, experiment_id, key)
-        if existing:
-            _reopen(client, existing[0])
-            return existing[0], True
-    all_tags = dict(tags)
-    if enclosing_run_id:
-        all_tags[names.TAG_PARENT_RUN_ID] = enclosing_run_id
-    mine = client.create_run(experiment_id, tags=_batch.tag_dict(all_tags), run_name=study_name)
-    if key is None:
-        return mine, False
-    winner = _candidates(client, experiment_id, key)[0]
+    existing = candidates(client, experiment_id, key)
+    if existing:
+        reopen(client, existing[0])
+        return existing[0], True
+    mine = client.create_run(experiment_id, tags=batch.tag_dict(tags), run_name=study_name)
+    winner = candidates(client, experiment_id, key)[0]
     if winner.info.run_id == mine.info.run_id:
         # A rival that searched before we created may be creating right now, with the same
         # millisecond (and a smaller id) or a clock a little behind ours: look once more
         # after it has had time to appear. Every worker applies the same rule, so all of
         # them end up on the same, oldest candidate.
         time.sleep(_SETTLE_S)
-        winner = _candidates(client, experiment_id, key)[0]
+        winner = candidates(client, experiment_id, key)[0]
     if winner.info.run_id != mine.info.run_id:
         client.set_terminated(mine.info.run_id, "KILLED")
         client.delete_run(mine.info.run_id)
-        _reopen(client, winner)
+        reopen(client, winner)
         return winner, True
     return mine, False
 
 
-def _reopen(client: MlflowClient, run: Run) -> None:
+def reopen(client: MlflowClient, run: Run) -> None:
     if run.info.status != "RUNNING":
         client.update_run(run.info.run_id, status="RUNNING")
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
-    """All trial runs already nested under ``parent_run_id``."""
-    return _search(
+    """All trial runs nested under ``parent_run_id`` (paged)."""
+    return search(
         client,
         experiment_id,
-        f"tags.`{names.TAG_PARENT_RUN_ID}` = '{parent_run_id}' "
-        f"and tags.`{names.TAG_ROLE}` = '{names.ROLE_TRIAL}'",
+        [
+            equals(tag(names.TAG_PARENT_RUN_ID), parent_run_id),
+            equals(tag(names.TAG_ROLE), names.ROLE_TRIAL),
+        ],
     )
 
 
 def find_trial_run(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, trial_key: str
-) -> str | None:
-    """Run id of the trial ``trial_key`` under ``parent_run_id``, or ``None``."""
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.`{names.TAG_PARENT_RUN_ID}` = '{parent_run_id}' "
-        f"and tags.`{names.TAG_TRIAL_KEY}` = '{trial_key}'",
-        ViewType.ACTIVE_ONLY,
-        1,
+    client: MlflowClient, experiment_id: str, study_key_: str, trial_key: str
+) -> Run | None:
+    """The oldest run of trial ``trial_key`` in study ``study_key_``, or ``None``."""
+    found = search(
+        client,
+        experiment_id,
+        [
+            equals(tag(names.TAG_STUDY_KEY), study_key_),
+            equals(tag(names.TAG_TRIAL_KEY), trial_key),
+        ],
+        exact={names.TAG_STUDY_KEY: study_key_, names.TAG_TRIAL_KEY: trial_key},
     )
-    return found[0].info.run_id if found else None
+    found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return found[0] if found else None
 
 
-def study_objective(study: Run) -> tuple[str, str]:
-    """``(objective, direction)`` a study run records: its first objective and direction."""
-    tags = study.data.tags
-    objective = tags.get(names.TAG_OBJECTIVES, "value").split(",")[0]
-    return objective, tags.get(names.TAG_DIRECTIONS, "minimize").split(",")[0]
+def enclosing_run_id() -> str | None:
+    """The user's own run to nest the study under: the active run in this thread, else the
+    run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``)."""
+    import mlflow
 
-
-def ranked_trials(trials: list[Run], objective: str, direction: str) -> list[Run]:
-    """Best first by ``objective`` in ``direction``; trials without a value last; ties go
-    to the earlier trial (as Optuna's ``best_trial`` does)."""
-    sign = -1.0 if direction == "maximize" else 1.0
-
-    def key(run: Run) -> tuple[bool, float, int]:
-        value = run.data.metrics.get(objective)
-        number = int(run.data.params.get(names.PARAM_TRIAL_NUMBER, 0))
-        return (value is None, sign * value if value is not None else 0.0, number)
-
-    return sorted(trials, key=key)
+    active = mlflow.active_run()
+    if active is not None:
+        return str(active.info.run_id)
+    return os.environ.get("MLFLOW_RUN_ID") or None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any
 
 
 def _duration(seconds: float) -> str:
@@ -91,11 +90,3 @@ class Progress:
                 sys.stderr.write("\n")
                 sys.stderr.flush()
             self._width = 0
-
-
-def check_verbose(verbose: Any) -> int:
-    from mlflow_hpo.errors import ConfigurationError
-
-    if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
-        raise ConfigurationError("verbose", "an int >= 0 (0: no progress line)", verbose)
-    return verbose

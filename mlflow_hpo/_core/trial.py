@@ -1,17 +1,16 @@
 """One trial's run handle, and the context that makes it reachable from user code.
 
-A :class:`TrialRun` is created before the user's objective starts. Its MLflow run is
-created lazily, on first need: in non-blocking mode that is usually on the writer thread,
-so the objective never waits for the store. The handle is published through a
+A :class:`TrialRun` exists before the user's objective starts. Its MLflow run is created
+lazily, on first need (a live metric, ``mlflow.active_run()`` in the objective) or when the
+trial ends, in the same journalled write as its tags. The handle is published through a
 :class:`contextvars.ContextVar`, which is what lets :class:`~mlflow_hpo.layers.LayerGuard`,
-:func:`log_model` and the Keras ``fit`` hook find "the current trial" from backend-neutral
-builder code, each thread seeing its own trial.
+:func:`log_model` and the Keras hooks find "the current trial" from backend-neutral builder
+code, each thread seeing its own trial.
 """
 
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities import Run
-from mlflow.tracking import fluent
 from mlflow.tracking.fluent import ActiveRun
 
-from mlflow_hpo.errors import MlflowHpoWarning
+from mlflow_hpo._core import compat
+from mlflow_hpo._core.safety import warn
 
 
 @dataclass
@@ -63,60 +62,50 @@ class TrialRun:
     Args:
         key: Idempotency key, unique within the study (e.g. ``"17"``).
         number: The trial number shown to users.
-        create: Callable ``(handle, tags)`` that creates (or finds) the MLflow run.
         start_ms: Trial start time.
+        ensure: ``ensure(handle)`` makes sure the run exists and returns it (the tracker).
     """
 
     def __init__(
-        self,
-        key: str,
-        number: int,
-        create: Callable[[TrialRun, dict[str, Any] | None], Run],
-        start_ms: int,
+        self, key: str, number: int, start_ms: int, ensure: Callable[[TrialRun], Run]
     ) -> None:
         self.key = key
         self.number = number
         self.start_ms = start_ms
+        self.ref = f"trial:{key}"
         self.output_exceptions: list[str] = []
         self.model: Any = None
         # Produces the model only if the policy keeps it (e.g. Keras Tuner's best checkpoint).
         self.model_loader: Callable[[], Any] | None = None
         self.model_explicit = False
+        self.input_example: Any = None  # a few rows of what the model was fit on
+        self.datasets: list[tuple[Any, Any, str]] = []  # (features, targets, context)
         self.fits = 0  # Keras fit() calls so far: one per execution in Keras Tuner
         self._guarded_at_fit = -1
         self.finished = False
         self.already_logged = False  # found terminal in the store (resumed study)
-        self.tags_written = False  # the run was created with the tags given to run()
-        self._create = create
-        self._run: Run | None = None
-        self._error: Exception | None = None
-        self._lock = threading.Lock()
+        self.created = False  # its create_run is journalled (with the tags known then)
+        self.create_op: Any = None  # that entry, while this process waits for it
+        self.run_obj: Run | None = None
+        self._ensure = ensure
+        self.lock = threading.Lock()
+        # Set by the tracker: journal the upload of a local folder to this trial's run.
+        self.upload_folder: Callable[[str], None] = _no_upload
 
-    @property
-    def created(self) -> bool:
-        return self._run is not None
+    def run(self) -> Run:
+        """The MLflow run, created now if it was not yet (waits for the store, bounded).
 
-    def run(self, tags: dict[str, Any] | None = None) -> Run:
-        """The MLflow run, created on first call (thread-safe, at most once).
-
-        ``tags`` are written with the run if this call creates it; check :attr:`created`
-        before the call to know whether they still need writing.
+        Raises:
+            MlflowHpoError: The store did not confirm the run in time; everything the trial
+                logs is kept in the journal and written when the store is back.
         """
-        if self._run is None:
-            with self._lock:
-                if self._run is None:
-                    if self._error is not None:
-                        raise self._error  # the store refused already: fail fast, no retry
-                    try:
-                        self._run = self._create(self, tags)
-                    except Exception as error:
-                        self._error = error
-                        raise
-        return self._run
+        if self.run_obj is None:
+            self.run_obj = self._ensure(self)
+        return self.run_obj
 
     @property
     def run_id(self) -> str:
-        return self.run().info.run_id
+        return str(self.run().info.run_id)
 
     def add_output_exceptions(self, layer_names: list[str]) -> None:
         """Record layers the model builder had to skip (see ``LayerGuard``)."""
@@ -128,6 +117,10 @@ class TrialRun:
         if self._guarded_at_fit != self.fits:
             self.output_exceptions.clear()
             self._guarded_at_fit = self.fits
+
+
+def _no_upload(folder: str) -> None:
+    raise RuntimeError("this trial belongs to no tracker")
 
 
 _CURRENT: ContextVar[TrialRun | None] = ContextVar("mlflow_hpo_current_trial", default=None)
@@ -163,18 +156,12 @@ class _LazyActiveRun(ActiveRun):
 
 @contextmanager
 def active_run_in_thread(run: ActiveRun) -> Iterator[None]:
-    """Push ``run`` on MLflow's (thread-local) active-run stack for the block, then pop it.
-
-    Done without ``mlflow.start_run``/``end_run``: those cost three store calls per trial
-    and ``end_run`` would set a final status that only the tracker knows.
-    """
-    stack = fluent._active_run_stack.get()
-    stack.append(run)
+    """``run`` is MLflow's active run in this thread for the block (see ``compat``)."""
+    compat.push_active_run(run)
     try:
         yield
     finally:
-        if run in stack:
-            stack.remove(run)
+        compat.pop_active_run(run)
 
 
 @contextmanager
@@ -192,28 +179,36 @@ def activate(handle: TrialRun) -> Iterator[TrialRun]:
         _CURRENT.reset(token)
 
 
-def log_model(model: Any) -> None:
+def log_model(model: Any, *, input_example: Any = None) -> None:
     """Hand the trained model of the current trial to mlflow-hpo.
 
     Works the same in every backend. The study's ``log_models`` policy then decides whether
     the model is logged (Keras models with the ``keras`` flavor, scikit-learn estimators with
-    the ``sklearn`` flavor). Outside a tracked trial it only warns.
+    the ``sklearn`` flavor), with a signature inferred from ``input_example`` (a few rows of
+    the model's input) or from the data a captured ``fit`` saw. Outside a tracked trial it
+    only warns.
+
+    Raises:
+        ConfigurationError: ``model`` is neither a Keras model nor a scikit-learn estimator.
 
     Example:
         >>> import mlflow_hpo
         >>> def objective(trial):
         ...     model = build(trial); model.fit(x, y)
-        ...     mlflow_hpo.log_model(model)
+        ...     mlflow_hpo.log_model(model, input_example=x[:5])
         ...     return model.evaluate(xv, yv)[1]
     """
+    from mlflow_hpo._core.models import flavor_for
+
+    flavor_for(model)  # an unsupported type is a mistake to raise now, not to warn later
     handle = current_trial()
     if handle is None:
-        warnings.warn(
+        warn(
             "mlflow_hpo.log_model() was called outside a tracked trial, so the model was not "
-            "logged. Call it inside an objective wrapped by a mlflow-hpo tracker.",
-            MlflowHpoWarning,
-            stacklevel=2,
+            "logged. Call it inside an objective wrapped by a mlflow-hpo tracker."
         )
         return
     handle.model = model
     handle.model_explicit = True
+    if input_example is not None:
+        handle.input_example = input_example

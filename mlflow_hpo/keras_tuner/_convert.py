@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Callable
 from typing import Any
 
-from keras_tuner.src.engine import trial as trial_module
+from mlflow_hpo._core import batch, compat, names
+from mlflow_hpo._core.trial import TrialResult
 
-from mlflow_hpo import _batch, names
-from mlflow_hpo._summary import StudySummary
-from mlflow_hpo._trial import TrialResult
-
-_STATES = {
-    trial_module.TrialStatus.COMPLETED: names.STATE_COMPLETE,
-    trial_module.TrialStatus.FAILED: names.STATE_FAIL,
-    trial_module.TrialStatus.INVALID: names.STATE_FAIL,
-}
 HYPERBAND_CONTINUES = "tuner/trial_id"
+
+
+def _states() -> dict[str, str]:
+    status = compat.keras_tuner_trial_status()
+    return {
+        status.COMPLETED: names.STATE_COMPLETE,
+        status.FAILED: names.STATE_FAIL,
+        status.INVALID: names.STATE_FAIL,
+    }
 
 
 def objective_names(oracle: Any) -> list[str]:
@@ -41,7 +39,7 @@ def active_values(trial: Any) -> dict[str, Any]:
 
 
 def to_result(trial: Any, objective: list[str]) -> TrialResult:
-    state = _STATES.get(trial.status, names.STATE_KILLED)
+    state = _states().get(trial.status, names.STATE_KILLED)
     values: dict[str, float] = {}
     if state == names.STATE_COMPLETE and trial.score is not None:
         values = {objective[0]: float(trial.score)}
@@ -59,57 +57,16 @@ def to_result(trial: Any, objective: list[str]) -> TrialResult:
         tags=tags,
         error=error
         or ("Keras Tuner marked the trial failed." if state == names.STATE_FAIL else None),
-        error_class=_batch.error_class(error) if error else None,
+        error_class=batch.error_class(error) if error else None,
     )
 
 
-def summary(
-    oracle: Any,
-    objective: list[str],
-    with_table: bool,
-    full: bool = True,
-    key_of: Callable[[Any], str] = str,
-) -> StudySummary:
-    """The parent-run summary from the oracle; ``full=False`` (a distributed worker, whose
-    oracle is a client) writes only the best trial, leaving counts and table to the chief.
-    ``key_of`` maps a trial id to the tracker key of its latest attempt."""
-    out = StudySummary()
-    trials = list(getattr(oracle, "trials", {}).values()) if full else []
-    if trials:
-        counts: dict[str, int] = {}
-        for t in trials:
-            state = _STATES.get(t.status, t.status)
-            counts[state] = counts.get(state, 0) + 1
-        # Zeros too, so a count from an earlier summary (e.g. "running") never lingers.
-        for state in (names.STATE_COMPLETE, names.STATE_FAIL, "RUNNING", "IDLE", "STOPPED"):
-            counts.setdefault(state, 0)
-        out.counts = counts
-    best = oracle.get_best_trials(1)
-    if best and best[0].score is not None:
-        out.best_key = key_of(best[0].trial_id)
-        out.best_number = int(best[0].trial_id)
-        out.best_values = {objective[0]: float(best[0].score)}
-        out.best_params = active_values(best[0])
-    if with_table and trials:
-        rows = [(t.trial_id, t.status, t.score, t.best_step, active_values(t)) for t in trials]
-
-        def table(run_ids: dict[str, str]) -> str:
-            keys = sorted({k for *_, values in rows for k in values})
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(["trial_id", "run_id", "status", "score", "best_step", *keys])
-            for trial_id, status, score, step, values in rows:
-                writer.writerow(
-                    [
-                        trial_id,
-                        run_ids.get(key_of(trial_id), ""),
-                        status,
-                        score,
-                        step,
-                        *(values.get(k, "") for k in keys),
-                    ]
-                )
-            return buffer.getvalue()
-
-        out.trials_table = table
-    return out
+def finished(oracle: Any, objective: list[str]) -> list[tuple[str, int, TrialResult]]:
+    """Every finished trial the oracle knows (a distributed worker's oracle knows only the
+    trials it was told of)."""
+    states = _states()
+    return [
+        (str(t.trial_id), int(t.trial_id), to_result(t, objective))
+        for t in getattr(oracle, "trials", {}).values()
+        if t.status in states
+    ]

@@ -1,10 +1,12 @@
 """``MLflowCallback``: a drop-in for optuna-integration's deprecated callback.
 
-Same constructor arguments, same keys, tags, run names and experiment choice, and the same
-``track_in_mlflow()`` decorator, so switching is one changed import. What differs is what
-was wrong: runs are written with an explicit ``MlflowClient`` (no global lock, so ``n_jobs>1``
-trials run in parallel and stay nested), FAILED and PRUNED trials get the matching run status,
-a pruned trial carries no objective value, and an uncaught exception still ends its run.
+Same constructor arguments, same params, metrics, run names and experiment choice, the same
+tags (plus mlflow-hpo's bookkeeping tags, which the journal needs to write each trial
+exactly once), and the same ``track_in_mlflow()`` decorator, so switching is one changed
+import. It is a thin configuration of the core tracker: flat runs, no study run. What
+differs is what was wrong: no global lock (``n_jobs>1`` trials run in parallel and stay
+nested), FAILED and PRUNED trials get the matching run status, a pruned trial carries no
+objective value, an uncaught exception still ends its run, and a store outage loses nothing.
 """
 
 from __future__ import annotations
@@ -16,22 +18,46 @@ from typing import Any
 
 import mlflow
 import optuna
-from mlflow import MlflowClient
-from mlflow.tracking import fluent
-from mlflow.tracking.fluent import ActiveRun
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from mlflow_hpo import _batch, _parent, names
-from mlflow_hpo._batch import error_text
-from mlflow_hpo._safety import Safety
-from mlflow_hpo._trial import active_run_in_thread
-from mlflow_hpo._validate import validate_bool, validate_tracking_uri
+from mlflow_hpo._core import compat, names, parent
+from mlflow_hpo._core.batch import error_text
+from mlflow_hpo._core.options import Options
+from mlflow_hpo._core.tracker import StudyTracker
+from mlflow_hpo._core.trial import TrialResult, TrialRun, activate
+from mlflow_hpo._core.validate import flag
+from mlflow_hpo._core.validate import tracking_uri as check_uri
 from mlflow_hpo.errors import ConfigurationError
 from mlflow_hpo.optuna._convert import ms
 
-RUN_ID_ATTRIBUTE_KEY = "mlflow_run_id"  # the key optuna-integration uses
+_STATES = {
+    TrialState.COMPLETE: names.STATE_COMPLETE,
+    TrialState.PRUNED: names.STATE_PRUNED,
+    TrialState.FAIL: names.STATE_FAIL,
+}
 
-_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+
+class _FlatTracker(StudyTracker):
+    """The core tracker in the drop-in's layout: one top-level run per trial."""
+
+    fixed_run_name: str | None = None
+    extra_tags: dict[str, Any]
+    nest_under: Callable[[], str | None]
+
+    def base_tags(self, handle: TrialRun) -> dict[str, Any]:
+        tags = {
+            names.TAG_STUDY_KEY: self.study_key,
+            names.TAG_TRIAL_KEY: handle.key,
+            names.TAG_OWNER: self.owner,
+            **self.extra_tags,
+        }
+        enclosing = self.nest_under()
+        if enclosing:
+            tags[names.TAG_PARENT_RUN_ID] = enclosing
+        return tags
+
+    def run_name(self, handle: TrialRun) -> str:
+        return self.fixed_run_name or str(handle.number)
 
 
 class MLflowCallback:
@@ -70,39 +96,22 @@ class MLflowCallback:
             raise ConfigurationError(
                 "mlflow_kwargs", "None or a dict of start_run arguments", mlflow_kwargs
             )
-        self._tracking_uri = validate_tracking_uri(tracking_uri)
+        self._tracking_uri = check_uri(tracking_uri)
         self._metric_name = metric_name
-        self._create_experiment = validate_bool("create_experiment", create_experiment)
+        self._create_experiment = flag("create_experiment", create_experiment)
         self._mlflow_kwargs = dict(mlflow_kwargs or {})
-        self._tag_study_user_attrs = validate_bool("tag_study_user_attrs", tag_study_user_attrs)
-        self._tag_trial_user_attrs = validate_bool("tag_trial_user_attrs", tag_trial_user_attrs)
-        self._safety = Safety()
+        self._tag_study_user_attrs = flag("tag_study_user_attrs", tag_study_user_attrs)
+        self._tag_trial_user_attrs = flag("tag_trial_user_attrs", tag_trial_user_attrs)
         # Worker threads have no active run of their own: remember the caller's for nesting.
-        active = fluent.active_run()
-        self._enclosing_run_id = active.info.run_id if active is not None else None
-        self._experiments: dict[str, str] = {}
+        self._enclosing_run_id = parent.enclosing_run_id()
+        self._trackers: dict[int, _FlatTracker] = {}
         self._lock = threading.Lock()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        with self._safety.guard(f"logging trial {trial.number}"):
-            client = MlflowClient(self._tracking_uri)
-            run_id = trial.system_attrs.get(RUN_ID_ATTRIBUTE_KEY)
-            if run_id is None:
-                run_id = self._create_run(client, study, trial.number, trial.datetime_start)
-            metrics = []
-            if trial.state == TrialState.COMPLETE and trial.values is not None:
-                metrics = _batch.metrics(
-                    dict(zip(self._names(trial.values), trial.values, strict=True))
-                )
-            client.log_batch(
-                run_id,
-                metrics=metrics,
-                params=_batch.params(trial.params),
-                tags=_batch.tags(self._tags(trial, study)),
-            )
-            client.set_terminated(
-                run_id, _STATUS.get(trial.state, "KILLED"), ms(trial.datetime_complete)
-            )
+        tracker = self._tracker(study)
+        handle = tracker.trial(str(trial.number), trial.number, ms(trial.datetime_start))
+        with tracker.safety.guard(f"logging trial {trial.number}"):
+            tracker.finish(handle, self._result(trial, study))
 
     def track_in_mlflow(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: the objective's ``mlflow.log_*`` calls land on the trial's run."""
@@ -110,21 +119,21 @@ class MLflowCallback:
         def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
             @functools.wraps(func)
             def wrapper(trial: Trial) -> Any:
-                client = MlflowClient(self._tracking_uri)
-                run_id = self._create_run(client, trial.study, trial.number, trial.datetime_start)
-                trial.storage.set_trial_system_attr(trial._trial_id, RUN_ID_ATTRIBUTE_KEY, run_id)
+                tracker = self._tracker(trial.study)
+                handle = tracker.trial(str(trial.number), trial.number, ms(trial.datetime_start))
+                handle.run()  # upstream starts the run here: the objective may use its id
                 try:
-                    with active_run_in_thread(ActiveRun(client.get_run(run_id))):
+                    with activate(handle):
                         return func(trial)
                 except optuna.TrialPruned:
                     raise
                 except BaseException as error:
                     # The callback is skipped for exceptions Optuna re-raises: end it here.
-                    with self._safety.guard(f"ending failed trial {trial.number}"):
-                        client.set_tag(run_id, "state", TrialState.FAIL.name)
-                        client.set_tag(run_id, names.TAG_ERROR_CLASS, type(error).__name__)
-                        client.log_text(run_id, error_text(error), names.ARTIFACT_ERROR)
-                        client.set_terminated(run_id, "FAILED")
+                    frozen = compat.optuna_frozen_trial(trial)
+                    result = self._result(frozen, trial.study, names.STATE_FAIL)
+                    result.error, result.error_class = error_text(error), type(error).__name__
+                    with tracker.safety.guard(f"ending failed trial {trial.number}"):
+                        tracker.finish(handle, result)
                     raise
 
             return wrapper
@@ -132,58 +141,76 @@ class MLflowCallback:
         return decorator
 
     # ------------------------------------------------------------------ internals
-    def _experiment_id(self, client: MlflowClient, study: optuna.Study) -> str:
-        if self._mlflow_kwargs.get("experiment_id") is not None:
-            return str(self._mlflow_kwargs["experiment_id"])
-        if not self._create_experiment:
-            return str(fluent._get_experiment_id())
+    def _tracker(self, study: optuna.Study) -> _FlatTracker:
+        key = compat.optuna_study_id(study)
         with self._lock:
-            if study.study_name not in self._experiments:
-                self._experiments[study.study_name] = _parent.resolve_experiment(
-                    client, study.study_name, study.study_name
-                )
-            return self._experiments[study.study_name]
+            tracker = self._trackers.get(key)
+            if tracker is None:
+                tracker = self._open(study)
+                self._trackers[key] = tracker
+            return tracker
 
-    def _create_run(
-        self, client: MlflowClient, study: optuna.Study, number: int, start: Any
-    ) -> str:
-        if self._tracking_uri is not None and mlflow.get_tracking_uri() != self._tracking_uri:
-            mlflow.set_tracking_uri(self._tracking_uri)
-        tags = dict(self._mlflow_kwargs.get("tags") or {})
-        if self._mlflow_kwargs.get("nested"):
-            active = fluent.active_run()
-            parent = active.info.run_id if active is not None else self._enclosing_run_id
-            if parent:
-                tags[names.TAG_PARENT_RUN_ID] = parent
-        run = client.create_run(
-            self._experiment_id(client, study),
-            start_time=ms(start),
-            tags=_batch.tag_dict(tags),
-            run_name=self._mlflow_kwargs.get("run_name", str(number)),
+    def _open(self, study: optuna.Study) -> _FlatTracker:
+        if self._mlflow_kwargs.get("experiment_id") is not None:
+            experiment_id: str | None = str(self._mlflow_kwargs["experiment_id"])
+        elif not self._create_experiment:
+            experiment_id = compat.default_experiment_id()
+        else:
+            experiment_id = None  # an experiment named after the study, as upstream
+        options = Options.of(
+            {
+                "tracking_uri": self._tracking_uri,
+                "experiment_name": None if experiment_id else study.study_name,
+                "reports": False,
+                "verbose": 0,
+            }
         )
-        return str(run.info.run_id)
+        tracker = _FlatTracker(names.BACKEND_OPTUNA, options, nested=False, capture_fit=False)
+        tracker.plain = True
+        name = self._mlflow_kwargs.get("run_name")
+        tracker.fixed_run_name = str(name) if name is not None else None
+        tracker.extra_tags = dict(self._mlflow_kwargs.get("tags") or {})
+        tracker.nest_under = self._nest_under
+        tracker.open(
+            study.study_name,
+            directions=[d.name.lower() for d in study.directions],
+            objective_names=self._names(len(study.directions)),
+            experiment_id=experiment_id,
+        )
+        return tracker
 
-    def _names(self, values: Sequence[float]) -> list[str]:
+    def _nest_under(self) -> str | None:
+        if not self._mlflow_kwargs.get("nested"):
+            return None
+        active = mlflow.active_run()
+        return str(active.info.run_id) if active is not None else self._enclosing_run_id
+
+    def _names(self, n: int) -> list[str]:
         if isinstance(self._metric_name, str):
-            if len(values) > 1:
-                return [f"{self._metric_name}_{i}" for i in range(len(values))]
-            return [self._metric_name]
-        if len(self._metric_name) != len(values):
-            raise ValueError(
-                f"Running multi-objective optimization with {len(values)} objective values, "
-                f"but {len(self._metric_name)} names specified. Match objective values and "
-                "names, or use default broadcasting."
+            return [self._metric_name] if n == 1 else [f"{self._metric_name}_{i}" for i in range(n)]
+        if len(self._metric_name) != n:
+            raise ConfigurationError(
+                "metric_name",
+                f"{n} names, one per objective of the study",
+                self._metric_name,
+                "Match objective values and names, or use default broadcasting.",
             )
         return list(self._metric_name)
 
-    def _tags(self, trial: FrozenTrial, study: optuna.Study) -> dict[str, Any]:
+    def _result(
+        self, trial: FrozenTrial, study: optuna.Study, state: str | None = None
+    ) -> TrialResult:
+        state = state or _STATES.get(trial.state, names.STATE_KILLED)
+        values: dict[str, float] = {}
+        if state == names.STATE_COMPLETE and trial.values is not None:
+            values = dict(zip(self._names(len(trial.values)), trial.values, strict=True))
         tags: dict[str, Any] = {
             "number": str(trial.number),
             "datetime_start": str(trial.datetime_start),
             "datetime_complete": str(trial.datetime_complete),
         }
-        if trial.state.is_finished():
-            tags["state"] = trial.state.name
+        if trial.state.is_finished() or state != names.STATE_COMPLETE:
+            tags["state"] = state if state == names.STATE_FAIL else trial.state.name
         directions = [d.name for d in study.directions]
         tags["direction"] = str(directions) if len(directions) != 1 else directions[0]
         tags.update({f"{k}_distribution": str(v) for k, v in trial.distributions.items()})
@@ -191,4 +218,11 @@ class MLflowCallback:
             tags.update(trial.user_attrs)
         if self._tag_study_user_attrs:
             tags.update(study.user_attrs)
-        return tags
+        return TrialResult(
+            state=state,
+            params=dict(trial.params),
+            values=values,
+            tags=tags,
+            start_ms=ms(trial.datetime_start),
+            end_ms=ms(trial.datetime_complete),
+        )

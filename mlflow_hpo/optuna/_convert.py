@@ -9,9 +9,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mlflow_hpo import _parent, names
-from mlflow_hpo._summary import StudySummary
-from mlflow_hpo._trial import TrialResult
+from mlflow_hpo._core import compat, names, parent
+from mlflow_hpo._core.trial import TrialResult
 
 PARENT_ATTR = "mlflow_hpo:parent_run_id"
 
@@ -28,32 +27,20 @@ def ms(moment: datetime | None) -> int | None:
 
 def study_key(study: optuna.Study) -> str | None:
     """Key shared by every process that opens this study; ``None`` for in-memory studies."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # unwrap _CachedStorage
-    if isinstance(backend, optuna.storages.InMemoryStorage):
-        return None
-    location = getattr(backend, "url", None)
-    if location is not None:
-        from sqlalchemy.engine import make_url
-
-        location = make_url(location).render_as_string(hide_password=True)
-    else:
-        journal = getattr(backend, "_backend", None)
-        location = getattr(journal, "_file_path", None) or getattr(journal, "_url", None)
+    location = compat.optuna_storage_location(study)
     if location is None:
         return None
-    description = f"{type(backend).__name__}|{location}|{study._study_id}|{study.study_name}"
-    return _parent.study_key("optuna", description)
+    description = f"{location}|{compat.optuna_study_id(study)}|{study.study_name}"
+    return parent.study_key("optuna", description)
 
 
 def known_parent(study: optuna.Study) -> str | None:
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    value = attrs.get(PARENT_ATTR)
+    value = compat.optuna_study_system_attr(study, PARENT_ATTR)
     return str(value) if value else None
 
 
 def remember_parent(study: optuna.Study, run_id: str) -> None:
-    study._storage.set_study_system_attr(study._study_id, PARENT_ATTR, run_id)
+    compat.optuna_set_study_system_attr(study, PARENT_ATTR, run_id)
 
 
 def directions(study: optuna.Study) -> list[str]:
@@ -99,7 +86,8 @@ def to_result(
     if neutral == names.STATE_FAIL and error is None:
         error = (
             "Optuna marked this trial FAIL without an exception from the objective "
-            "(for example it returned NaN, None or the wrong number of values)."
+            "(for example it returned NaN, None or the wrong number of values, or its "
+            "worker stopped sending heartbeats)."
         )
     return TrialResult(
         state=neutral,
@@ -116,33 +104,12 @@ def to_result(
     )
 
 
-def summary(study: optuna.Study, metric_names: list[str], with_table: bool) -> StudySummary:
-    """The parent-run summary of ``study``, computed by Optuna itself."""
-    trials = study.get_trials(deepcopy=False)
-    # Every state gets a count, zero included, so a stale "running" count never lingers.
-    counts = {state.name: 0 for state in TrialState}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    out = StudySummary(counts=counts)
-    out.tags = {f"{names.TAG_USER_ATTR_PREFIX}{k}": v for k, v in study.user_attrs.items()}
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
-        if len(study.directions) == 1:
-            best = study.best_trial
-        else:
-            front = sorted(study.best_trials, key=lambda t: t.number)
-            best = front[0]
-            out.tags[names.TAG_PARETO_TRIALS] = ",".join(str(t.number) for t in front)
-        out.best_key = str(best.number)
-        out.best_number = best.number
-        out.best_values = dict(zip(metric_names, best.values or [], strict=False))
-        out.best_params = dict(best.params)
-    if with_table and trials:
-        frame = study.trials_dataframe()
-
-        def table(run_ids: dict[str, str]) -> str:
-            frame.insert(1, "run_id", [run_ids.get(str(n), "") for n in frame["number"]])
-            return str(frame.to_csv(index=False))
-
-        out.trials_table = table
-    return out
+def finished(
+    study: optuna.Study, metric_names: list[str], user_attr_prefix: str | None
+) -> list[tuple[str, int, TrialResult]]:
+    """Every finished trial of ``study`` (all workers'), as the core's neutral records."""
+    return [
+        (str(t.number), t.number, to_result(t, metric_names, user_attr_prefix=user_attr_prefix))
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished()
+    ]

@@ -6,10 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlflow_hpo import _batch, names
-from mlflow_hpo._summary import StudySummary
-from mlflow_hpo._tracker import StudyTracker
-from mlflow_hpo._trial import TrialResult
+from mlflow_hpo._core import batch, names
+from mlflow_hpo._core.tracker import StudyTracker
+from mlflow_hpo._core.trial import TrialResult
 from mlflow_hpo.layers import output_exceptions_of
 
 if TYPE_CHECKING:
@@ -25,8 +24,9 @@ def log_candidates(
     start_ms: int,
     cap: int | None,
     live: LiveFolds | None = None,
-) -> None:
-    """One finished child per ``cv_results_`` row (best first), then the study summary.
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """One finished child per ``cv_results_`` row (best first); returns the study run's
+    extra ``(tags, tables)``: how many candidates were left out, and ``cv_results.csv``.
 
     Candidates whose folds ``MlflowScorer`` already logged live keep their run, their real
     start and end times, and get only the points not logged yet.
@@ -89,7 +89,7 @@ def log_candidates(
             start_ms=first_ms,
             end_ms=last_ms,
             error="\n\n".join(errors) or None,
-            error_class=_batch.error_class(errors[0]) if errors else None,
+            error_class=batch.error_class(errors[0]) if errors else None,
         )
         handle = tracker.trial(str(index), index, first_ms)
         if index == best and getattr(search, "best_estimator_", None) is not None:
@@ -97,39 +97,14 @@ def log_candidates(
             if not handle.output_exceptions:
                 handle.add_output_exceptions(output_exceptions_of(search.best_estimator_))
         tracker.finish(handle, result)
-    _summarize(tracker, search, best, objective, n_candidates - len(kept))
-
-
-def _summarize(
-    tracker: StudyTracker, search: Any, best: int, objective: str, left_out: int
-) -> None:
     import pandas as pd
 
-    results = search.cv_results_
-    failed = sum(
-        1 for i in range(len(results["params"])) if np.isnan(results[f"mean_test_{objective}"][i])
-    )
-    summary = StudySummary(
-        counts={names.STATE_COMPLETE: len(results["params"]) - failed, names.STATE_FAIL: failed},
-        best_key=str(best),
-        best_number=best,
-        best_values={
-            objective: float(
-                getattr(search, "best_score_", results[f"mean_test_{objective}"][best])
-            )
-        },
-        best_params=dict(getattr(search, "best_params_", results["params"][best])),
-        table_name=names.ARTIFACT_CV_RESULTS,
-        tags={names.TAG_LEFT_OUT: left_out} if left_out else {},
-    )
+    left_out = n_candidates - len(kept)
     frame = pd.DataFrame(results)
-
-    def table(run_ids: dict[str, str]) -> str:
-        frame.insert(0, "run_id", [run_ids.get(str(i), "") for i in range(len(frame))])
-        return str(frame.to_csv(index=False))
-
-    summary.trials_table = table
-    tracker.summarize(summary)
+    frame.insert(0, "trial_key", [str(i) for i in range(len(frame))])
+    frame.insert(0, "run_id", "")  # filled in when written, once every run exists
+    tags = {names.TAG_LEFT_OUT: left_out} if left_out else {}
+    return tags, {names.ARTIFACT_CV_RESULTS: str(frame.to_csv(index=False))}
 
 
 def _space(search: Any) -> dict[str, Any]:

@@ -1,25 +1,23 @@
 """Live fold metrics during a tracked search: the search-process side of ``MlflowScorer``.
 
-A polling thread reads the scorer's fold records from the spool and logs them on the
-candidates' child runs (created on a candidate's first fold). Candidates are keyed by their
-row in ``cv_results_``: the search's ``evaluate_candidates`` calls are counted (halving
-searches and Bayesian searches call it once per iteration or batch), and every record is
-drained before the next call starts, so a record always belongs to the current call.
+A polling thread reads the fold records from the spool and logs them on the candidates'
+child runs (created on a candidate's first fold). A record names its ``evaluate_candidates``
+call (a halving search makes one per iteration) and the candidate's index in it; calls run
+one after the other, so the row of ``cv_results_`` is the number of candidates of the calls
+seen before, plus that index.
 """
 
 from __future__ import annotations
 
-import functools
 import shutil
 import tempfile
 import threading
 from typing import Any
 
-from mlflow_hpo import _batch, names
-from mlflow_hpo._tracker import StudyTracker
-from mlflow_hpo._trial import TrialResult
-from mlflow_hpo.sklearn._candidates import plain as _plain
-from mlflow_hpo.sklearn._scorer import FoldRecord, MlflowScorer, read_records
+from mlflow_hpo._core import names
+from mlflow_hpo._core.tracker import StudyTracker
+from mlflow_hpo._core.trial import TrialResult
+from mlflow_hpo.sklearn._scorer import FoldCallback, FoldRecord, read_records, searched_names
 
 POLL_S = 0.5
 
@@ -27,44 +25,21 @@ POLL_S = 0.5
 class LiveFolds:
     """Owns the spool of one ``fit()`` and turns its records into live child-run metrics."""
 
-    def __init__(self, tracker: StudyTracker, scorer: MlflowScorer) -> None:
+    def __init__(self, tracker: StudyTracker, search: Any) -> None:
         self.tracker = tracker
-        self.scorer = scorer
         self.spool = tempfile.mkdtemp(prefix="mlflow-hpo-folds-")
-        self.offset = 0  # cv_results_ row of the current call's first candidate
-        self.candidates: list[dict[str, Any]] = []  # the current call's candidate params
+        self.callback = FoldCallback(self.spool, searched_names(search))
         self.logged: dict[str, set[tuple[str, int]]] = {}  # row key -> (metric, fold) logged
         self.spans: dict[str, tuple[int, int]] = {}  # row key -> (start ms, end ms) seen
         self.tests: dict[str, dict[int, dict[str, float]]] = {}  # row key -> fold -> scores
         self.meta: dict[str, tuple[int, dict[str, Any]]] = {}  # row key -> (n_splits, params)
+        self._offsets: dict[tuple[int, ...], int] = {}
+        self._rows = 0
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="mlflow-hpo-folds", daemon=True)
-        scorer.spool = self.spool
         self._thread.start()
-
-    def wrap_run_search(self, run_search: Any) -> Any:
-        """``search._run_search`` with each ``evaluate_candidates`` call counted."""
-
-        # scikit-learn >= 1.9 passes callback_ctx only if the signature names it.
-        @functools.wraps(run_search)
-        def run(evaluate_candidates: Any, *run_args: Any, **run_kwargs: Any) -> Any:
-            def evaluate(candidate_params: Any, *args: Any, **kwargs: Any) -> Any:
-                params = list(candidate_params)
-                with self._lock:
-                    self.candidates = params
-                try:
-                    return evaluate_candidates(params, *args, **kwargs)
-                finally:
-                    self.drain()
-                    with self._lock:
-                        self.offset += len(params)
-                        self.candidates = []
-
-            return run_search(evaluate, *run_args, **run_kwargs)
-
-        return run
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -76,33 +51,36 @@ class LiveFolds:
             for record in read_records(self.spool, self._seen):
                 self._log(record)
 
+    def _row(self, record: FoldRecord) -> int:
+        batch_key = tuple(record.batch)
+        if batch_key not in self._offsets:
+            self._offsets[batch_key] = self._rows
+            self._rows += record.batch_size
+        return self._offsets[batch_key] + record.candidate
+
     def _log(self, record: FoldRecord) -> None:
-        if record.candidate is None or record.fold is None or not self.tracker.active:
+        if not self.tracker.active:
             return
-        row = self.offset + int(record.candidate)
+        row = self._row(record)
         key = str(row)
-        busy_ms = int(1000 * ((record.fit_time or 0.0) + record.score_time))
+        busy_ms = int(1000 * ((record.fit_time or 0.0) + (record.score_time or 0.0)))
         start, end = self.spans.get(key, (record.time_ms - busy_ms, record.time_ms))
         self.spans[key] = (min(start, record.time_ms - busy_ms), max(end, record.time_ms))
         handle = self.tracker.trial(key, row, start)
-        values = {f"{record.part}_{k}": v for k, v in record.scores.items()}
-        if record.part == "test":
+        values: dict[str, float] = {}
+        for part, scores in record.scores.items():
+            values.update({f"{part}_{k}": v for k, v in scores.items()})
+        if record.fit_time is not None:
+            values["fit_time"] = record.fit_time
+        if record.score_time is not None:
             values["score_time"] = record.score_time
-            if record.fit_time is not None:
-                values["fit_time"] = record.fit_time
-            self.tests.setdefault(key, {})[int(record.fold)] = record.scores
-        self.tracker.log_live(handle, values, int(record.fold))
-        self.logged.setdefault(key, set()).update((k, int(record.fold)) for k in values)
-        if key not in self.meta:  # the candidate's first fold (its run may not exist yet)
+        self.tests.setdefault(key, {})[record.fold] = record.scores.get("test", {})
+        self.tracker.log_live(handle, values, record.fold)
+        self.logged.setdefault(key, set()).update((k, record.fold) for k in values)
+        if key not in self.meta:  # the candidate's first fold
             handle.add_output_exceptions(record.output_exceptions)
-            index = int(record.candidate)
-            params = self.candidates[index] if index < len(self.candidates) else record.params
-            self.meta[key] = (int(record.n_splits or 0), dict(params))
-            points = _batch.params({k: _plain(v) for k, v in params.items()})
-            self.tracker.writer.submit(
-                "logging a candidate's params",
-                lambda: self.tracker.client.log_batch(handle.run_id, params=points),
-            )
+            self.meta[key] = (record.n_splits, dict(record.params))
+            self.tracker.log_params(handle, record.params)
 
     def finish_scored(self) -> None:
         """After an interrupted search: candidates with every fold scored end FINISHED with
@@ -116,7 +94,7 @@ class LiveFolds:
             start, end = self.spans[key]
             result = TrialResult(
                 state=names.STATE_COMPLETE,
-                params={k: _plain(v) for k, v in params.items()},
+                params=params,
                 values={objective: sum(scores) / len(scores)} if scores else {},
                 start_ms=start,
                 end_ms=end,
@@ -128,5 +106,4 @@ class LiveFolds:
         self._stop.set()
         self._thread.join()
         self.drain()
-        self.scorer.spool = None
         shutil.rmtree(self.spool, ignore_errors=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from mlflow_hpo._tracker import StudyTracker
-from mlflow_hpo._trial import TrialRun
+from mlflow_hpo._core.tracker import StudyTracker
+from mlflow_hpo._core.trial import TrialRun
 from mlflow_hpo.errors import ConfigurationError
 
 
@@ -45,10 +45,23 @@ class SamplerTrial:
             return
         self.values.update({k: float(v) for k, v in metrics.items()})
 
-    def log_model(self, model: Any) -> None:
-        """Offer the trained model; the ``log_models`` policy decides whether it is logged."""
+    def log_model(self, model: Any, *, input_example: Any = None) -> None:
+        """Offer the trained model; the ``log_models`` policy decides whether it is logged.
+
+        ``input_example`` (a few rows of the model's input) gives the logged model its
+        signature; a captured Keras ``fit`` provides one already.
+
+        Raises:
+            ConfigurationError: ``model`` is neither a Keras model nor a scikit-learn
+                estimator.
+        """
+        from mlflow_hpo._core.models import flavor_for
+
+        flavor_for(model)
         self._handle.model = model
         self._handle.model_explicit = True
+        if input_example is not None:
+            self._handle.input_example = input_example
 
     def add_output_exceptions(self, layer_names: Iterable[str]) -> None:
         """Record layers the builder had to skip (the "output exception list")."""

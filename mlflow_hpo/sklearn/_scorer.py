@@ -1,13 +1,15 @@
-"""``MlflowScorer``: a scorer that records every fold it scores, in whichever process.
+"""``MlflowScorer`` and its fold callback: every fold recorded live, in whichever process.
 
-scikit-learn calls the scorer inside ``_fit_and_score`` right after the fold's fit, in the
-search's process or (``n_jobs>1``) in a loky worker. Either way the scorer computes the
-scores with scikit-learn's own scorers, times itself, reads the fold's fit time, index and
-candidate params from that call, and writes one small JSON record per fold to a spool
-directory that :func:`~mlflow_hpo.sklearn.track_search` owns. The search's process turns the
-records into live metrics on the candidates' runs while the search is still going. Only
-that process ever talks to MLflow, so worker processes need neither the tracking URI nor a
-store connection, and an interrupted search keeps every fold that was scored.
+scikit-learn 1.9's callback API (``sklearn.callback``) calls a search's callbacks around
+each fold (``candidate-split-evaluation`` tasks), in the search's process or in a loky
+worker, and scores the fold between the two calls, in the same thread. The
+:class:`FoldCallback` notes the fold's context when it begins; the scorer computes the scores
+with scikit-learn's own ``check_scoring`` and notes them; when the fold ends, the callback
+writes one small JSON record (scores, fit and score times, params, output exception list)
+to a spool directory that :func:`~mlflow_hpo.sklearn.track_search` owns. The search's process
+turns the records into live metrics while the search is still going. Only that process ever
+talks to MLflow, so workers need neither the tracking URI nor a store connection, and an
+interrupted search keeps every fold that was scored.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
+import threading
 import time
 import uuid
 import warnings
@@ -24,32 +26,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn.metrics import check_scoring
-from sklearn.metrics._scorer import _check_multimetric_scoring, _MultimetricScorer
 
 from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 from mlflow_hpo.layers import output_exceptions_of
 
-_FIT_AND_SCORE = "_fit_and_score"  # scikit-learn's per-fold function (model_selection)
-_FRAMES_UP = 6  # _fit_and_score -> _score -> scorer: a few frames above us at most
+FOLD_TASK = "candidate-split-evaluation"  # scikit-learn's name for one candidate x fold
+_local = threading.local()  # the fold this thread is evaluating (set by FoldCallback)
 
 
 @dataclass
 class FoldRecord:
-    """What the scorer saw for one fold of one candidate.
+    """What the callback and scorer saw for one fold of one candidate.
 
-    ``candidate`` is the candidate's index within its ``evaluate_candidates`` call (for the
-    halving searches: within its iteration); ``fold`` is the split index. Either is ``None``
-    if the scorer ran outside scikit-learn's cross-validation (e.g. ``search.score``).
+    ``batch`` names the ``evaluate_candidates`` call (the halving searches make one per
+    iteration), ``candidate`` the candidate's index in it, ``fold`` the split index.
     """
 
-    scores: dict[str, float]
-    part: str  # "test" or "train"
-    score_time: float
+    batch: list[int]
+    batch_size: int
+    candidate: int
+    fold: int
+    n_splits: int
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # part -> metric -> v
     fit_time: float | None = None
-    fold: int | None = None
-    n_splits: int | None = None
-    candidate: int | None = None
-    n_candidates: int | None = None
+    score_time: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     output_exceptions: list[str] = field(default_factory=list)
     time_ms: int = 0
@@ -98,118 +98,134 @@ class MlflowScorer:
             raise ConfigurationError("scoring", "a non-empty scorer name or collection", scoring)
         self.scoring = scoring
         self.multimetric = isinstance(scoring, list | tuple | dict | set)
-        self.spool: str | None = None  # set by track_search for the duration of fit()
+        self.tracked = False  # set by track_search
         self._warned = False
 
     @property
     def metric_names(self) -> list[str]:
         """The metric names this scorer reports (``["score"]`` for a single metric)."""
-        if isinstance(self.scoring, dict):
-            return [str(k) for k in self.scoring]
-        if isinstance(self.scoring, list | tuple | set):
+        if isinstance(self.scoring, dict | list | tuple | set):
             return [str(k) for k in self.scoring]
         return ["score"]
 
-    def _scorer(self, estimator: Any) -> Any:
-        if self.multimetric:
-            return _MultimetricScorer(
-                scorers=_check_multimetric_scoring(estimator, self.scoring),
-                raise_exc=True,
-            )
-        return check_scoring(estimator, self.scoring)
-
     def __call__(self, estimator: Any, X: Any, y: Any = None, **kwargs: Any) -> Any:
         start = time.perf_counter()
-        result = self._scorer(estimator)(estimator, X, y, **kwargs)
-        score_time = time.perf_counter() - start
-        try:
-            self._record(estimator, result, score_time)
-        except Exception as error:  # never break the user's search
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"mlflow-hpo: MlflowScorer could not record a fold ({error!r}); the "
-                    "search goes on unchanged.",
-                    MlflowHpoWarning,
-                    stacklevel=2,
-                )
-        return result
-
-    def _record(self, estimator: Any, result: Any, score_time: float) -> None:
-        context = _cv_context()
-        if context is None:  # e.g. search.score(X, y) after fit: not a fold
-            return
-        if self.spool is None:
-            if not self._warned:
+        result = check_scoring(estimator, self.scoring, raise_exc=True)(estimator, X, y, **kwargs)
+        fold = getattr(_local, "fold", None)
+        if fold is None:
+            if not self._warned and not self.tracked:
                 self._warned = True
                 warnings.warn(
                     "mlflow-hpo: MlflowScorer only records folds inside a tracked search; "
                     "this search is not tracked, so it scores but records nothing. Wrap the "
                     "search: mlflow_hpo.sklearn.track_search(search, experiment_name=...).",
                     MlflowHpoWarning,
-                    stacklevel=3,
+                    stacklevel=2,
                 )
-            return
+            return result
         scores = result if isinstance(result, dict) else {"score": result}
-        record = FoldRecord(
-            scores={str(k): float(v) for k, v in scores.items()},
-            output_exceptions=output_exceptions_of(estimator),
-            score_time=score_time,
-            time_ms=int(time.time() * 1000),
-            pid=os.getpid(),
-            **context,
-        )
-        _write_record(self.spool, record)
+        # Test scores come first, on other rows than the fold was fit on; then train.
+        part = "train" if X is fold["X_train"] else "test"
+        if part == "test":
+            fold["fit_end"] = start
+            fold["estimator"] = estimator
+            fold["score_time"] = time.perf_counter() - start
+        fold["scores"][part] = {str(k): float(v) for k, v in scores.items()}
+        return result
 
     def __repr__(self) -> str:
         return f"MlflowScorer({self.scoring!r})"
 
 
-def _cv_context() -> dict[str, Any] | None:
-    """The fold being scored, read from scikit-learn's ``_fit_and_score`` that called us.
+class FoldCallback:
+    """A ``sklearn.callback`` fit callback that spools one record per scored fold.
 
-    ``fit_time``, ``parameters``, ``split_progress`` and ``candidate_progress`` are that
-    function's own variables, set before it scores; a missing one is left ``None``.
+    Registered on the search by ``track_search`` for the duration of ``fit``; pickled to
+    worker processes with nothing but the spool's path and the searched parameter names.
     """
-    frame = sys._getframe(2)
-    for _ in range(_FRAMES_UP):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == _FIT_AND_SCORE and "sklearn" in frame.f_code.co_filename:
-            break
-        frame = frame.f_back  # type: ignore[assignment]
-    else:
+
+    def __init__(self, spool: str, searched: list[str]) -> None:
+        self.spool = spool
+        self.searched = searched
+
+    def setup(self, estimator: Any, context: Any) -> None:
         return None
-    local = frame.f_locals
-    split = local.get("split_progress") or (None, None)
-    candidate = local.get("candidate_progress") or (None, None)
-    fit_time = local.get("fit_time")
-    return {
-        # The train scores are computed after the test ones, once score_time is set.
-        "part": "train" if "score_time" in local else "test",
-        "fit_time": float(fit_time) if isinstance(fit_time, int | float) else None,
-        "fold": split[0],
-        "n_splits": split[1],
-        "candidate": candidate[0],
-        "n_candidates": candidate[1],
-        "params": _jsonable(local.get("parameters") or {}),
-    }
+
+    def teardown(self, estimator: Any, context: Any) -> None:
+        return None
+
+    def on_fit_task_begin(self, estimator: Any, context: Any, *, X: Any = None) -> None:
+        if context.task_name == FOLD_TASK:
+            _local.fold = {"X_train": X, "start": time.perf_counter(), "scores": {}}
+
+    def on_fit_task_end(self, estimator: Any, context: Any) -> bool:
+        if context.task_name != FOLD_TASK:
+            return False
+        fold, _local.fold = getattr(_local, "fold", None), None
+        try:
+            if fold is not None and "test" in fold["scores"]:
+                self._write(estimator, context, fold)
+        except Exception as error:  # an end hook that raises would abort the search
+            warnings.warn(
+                f"mlflow-hpo: a fold could not be recorded ({error!r}); the search goes on.",
+                MlflowHpoWarning,
+                stacklevel=2,
+            )
+        return False
+
+    def _write(self, search: Any, context: Any, fold: dict[str, Any]) -> None:
+        n_splits = int(search.n_splits_)
+        fitted = fold.get("estimator")
+        params = {}
+        if fitted is not None:
+            values = fitted.get_params(deep=True)
+            params = {k: _jsonable(values[k]) for k in self.searched if k in values}
+        record = FoldRecord(
+            batch=_path(context.parent),
+            batch_size=int(context.parent.max_subtasks) // n_splits,
+            candidate=int(context.task_id) // n_splits,
+            fold=int(context.task_id) % n_splits,
+            n_splits=n_splits,
+            scores=fold["scores"],
+            fit_time=fold["fit_end"] - fold["start"],
+            score_time=fold.get("score_time"),
+            params=params,
+            output_exceptions=output_exceptions_of(fitted) if fitted is not None else [],
+            time_ms=int(time.time() * 1000),
+            pid=os.getpid(),
+        )
+        write_record(self.spool, record)
 
 
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        plain = value.item() if hasattr(value, "item") and callable(value.item) else value
-        if isinstance(plain, bool | int | str) or plain is None:
-            out[str(key)] = plain
-        elif isinstance(plain, float):
-            out[str(key)] = plain if math.isfinite(plain) else repr(plain)
-        else:
-            out[str(key)] = repr(plain)
-    return out
+def _path(context: Any) -> list[int]:
+    ids = []
+    while context is not None:
+        ids.append(int(context.task_id))
+        context = context.parent
+    return list(reversed(ids))
 
 
-def _write_record(spool: str, record: FoldRecord) -> None:
+def searched_names(search: Any) -> list[str]:
+    """The parameter names a search varies (and a halving search's resource)."""
+    space = getattr(search, "param_grid", None) or getattr(search, "param_distributions", None)
+    spaces = space if isinstance(space, list | tuple) else [space] if space else []
+    keys = sorted({str(k) for d in spaces for k in d})
+    resource = getattr(search, "resource", "n_samples")
+    if isinstance(resource, str) and resource != "n_samples":
+        keys.append(resource)
+    return keys
+
+
+def _jsonable(value: Any) -> Any:
+    plain = value.item() if hasattr(value, "item") and callable(value.item) else value
+    if isinstance(plain, bool | int | str) or plain is None:
+        return plain
+    if isinstance(plain, float):
+        return plain if math.isfinite(plain) else repr(plain)
+    return repr(plain)
+
+
+def write_record(spool: str, record: FoldRecord) -> None:
     """Write atomically: a reader never sees half a record."""
     name = f"{record.time_ms}-{record.pid}-{uuid.uuid4().hex}"
     tmp = os.path.join(spool, f".{name}.tmp")
