@@ -49,9 +49,12 @@ class StudyHandle:
         return self._study_tracker.safety.warning_count
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything logged so far is in the store; ``False`` if ``timeout``
-        (seconds) passed first."""
-        return self._study_tracker.flush(timeout)
+        """Wait until everything logged so far is in the store, and the study's reports
+        being drawn are written; ``False`` if ``timeout`` (seconds) passed first."""
+        done = self._study_tracker.flush(timeout)
+        for hook in self._study_tracker.hooks:
+            hook.wait(timeout)
+        return done
 
     def close(self, status: str = "FINISHED") -> None:
         """Write the study's summary and end its run with ``status`` (idempotent)."""

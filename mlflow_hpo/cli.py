@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from mlflow_hpo._core import names, parent
-from mlflow_hpo._core.study import ranked_runs, study_objective
+from mlflow_hpo._core.study import study_objective
 from mlflow_hpo.errors import MlflowHpoError
 
 _STUDY = click.argument("study")
@@ -96,20 +96,23 @@ def show(study: str, top: int, experiment_name: str | None, tracking_uri: str | 
         raise click.ClickException(str(error)) from error
     tags = study_run.data.tags
     objective, direction = study_objective(study_run)
-    trials = parent.child_runs(client, study_run.info.experiment_id, study_run.info.run_id)
+    best = parent.top_trials(client, study_run, objective, direction, top, finished_only=False)
     click.echo(
         f"study {tags.get(names.TAG_STUDY_NAME, '')!r}  run {study_run.info.run_id}  "
         f"({tags.get(names.TAG_BACKEND, '?')}, {study_run.info.status})"
     )
-    counts: dict[str, int] = {}
-    for run in trials:
-        state = run.data.tags.get(names.TAG_STATE, run.info.status)
-        counts[state] = counts.get(state, 0) + 1
+    # Counts come from the study run's summary: no scan of its trials, however many.
+    prefix = names.METRIC_N_TRIALS_PREFIX
+    counts = {
+        k[len(prefix) :].upper(): int(v)
+        for k, v in study_run.data.metrics.items()
+        if k.startswith(prefix) and v
+    }
     click.echo(
-        f"objective {objective} ({direction}); {len(trials)} trials: "
+        f"objective {objective} ({direction}); {sum(counts.values())} trials: "
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     )
-    click.echo(_table(ranked_runs(trials, objective, direction)[:top], objective))
+    click.echo(_table(best, objective))
 
 
 @cli.command()

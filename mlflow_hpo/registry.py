@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_hpo._core import models, names, parent
 from mlflow_hpo._core.parent import equals, tag
-from mlflow_hpo._core.study import ranked_runs, study_objective
+from mlflow_hpo._core.study import study_objective
 from mlflow_hpo._core.validate import tracking_uri as validate_tracking_uri
 from mlflow_hpo._rebuild import RebuildError, has_weights, rebuild, recorded_values
 from mlflow_hpo.errors import ConfigurationError
@@ -105,20 +105,17 @@ def find_study(client: MlflowClient, study: Any, experiment_name: str | None = N
 
 
 def best_trial(client: MlflowClient, study: Run) -> tuple[Run, str, str, float]:
-    """``(trial run, objective, direction, value)`` of the study's best FINISHED trial."""
+    """``(trial run, objective, direction, value)`` of the study's best FINISHED trial
+    (one search, ranked by the store)."""
     objective, direction = study_objective(study)
-    trials = [
-        run
-        for run in parent.child_runs(client, study.info.experiment_id, study.info.run_id)
-        if run.info.status == "FINISHED" and objective in run.data.metrics
-    ]
-    if not trials:
+    found = parent.top_trials(client, study, objective, direction, 1)
+    if not found:
         raise RebuildError(
             f"Study run {study.info.run_id} has no FINISHED trial with a value of "
             f"{objective!r}, so there is no best trial to promote. Let the search complete "
             "at least one trial (failed, pruned and killed trials do not count)."
         )
-    best = ranked_runs(trials, objective, direction)[0]
+    best = found[0]
     return best, objective, direction, float(best.data.metrics[objective])
 
 

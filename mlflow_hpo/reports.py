@@ -1,20 +1,30 @@
-"""Study reports on the parent run: where the search went and what mattered.
+"""Study reports on the study run: where the search went and what mattered.
 
-The trials are read back from MLflow, whichever backend wrote them, and turned into an
-in-memory Optuna study, so Optuna's own ``optuna.visualization`` draws every chart and
-``optuna.importance`` ranks the hyperparameters, for Keras Tuner and scikit-learn studies
-too. Each chart is written to the study run's ``reports/`` folder twice: as HTML (plotly,
-interactive in the MLflow UI's artifact viewer, with plotly.js embedded so it works offline)
-and as PNG (Optuna's matplotlib twin of the same chart).
+The trials are read back from MLflow, whichever backend (or worker) wrote them, once and
+page by page, and turned into an in-memory Optuna study, so Optuna's own
+``optuna.visualization`` draws every chart and ``optuna.importance`` ranks the
+hyperparameters, for every backend. Written to the study run's ``reports/`` folder:
 
-Written when a study closes (``MLFLOW_HPO_REPORTS=0`` turns that off), and on demand with
-``mlflow-hpo report STUDY`` or :func:`write_reports`.
+* ``study.html``: one interactive page with every chart and a single copy of plotly.js
+  (``mode="cdn"`` loads plotly.js from its CDN instead: a page of a few kB);
+* ``<chart>.png``: each chart as an image (Optuna's matplotlib twin);
+* ``<chart>.json``: each chart's plotly figure (``plotly.io.from_json`` reads it back).
+
+``mode="png"`` writes the images only. While a study runs, :class:`ReportHook` refreshes the
+reports in the background at most every ``report_interval`` seconds, never holding up a
+trial; when the study closes, it draws them one last time, also in the background, after
+the study run's status is written. ``mlflow-hpo report STUDY`` (or :func:`write_reports`)
+redraws them for any existing study.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import tempfile
+import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -36,30 +46,95 @@ REPORTS = (
     "intermediate_values",
     "output_exceptions",
 )
+PAGE = "study.html"
+MODES = ("html", "png", "cdn")
+MAX_CURVES = 100  # intermediate-value curves drawn: the best trials' (a chart, not a dump)
 _EXTRA_PARAMS = {names.PARAM_TRIAL_NUMBER, "iter", "n_resources"}
 # Per-step histories, by backend: Optuna's reports, Keras epochs of the objective, CV folds.
 _STEP_METRICS = (names.METRIC_INTERMEDIATE, names.METRIC_EPOCH_PREFIX + "{o}", "test_{o}")
 _STATES = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL", "KILLED": "FAIL"}
+_DRAWING: set[threading.Thread] = set()
 
 
 class ReportHook:
-    """Follows a study and writes its reports to the study run when it closes."""
+    """Keeps a study's reports fresh while it runs, and draws them when it closes.
+
+    Args:
+        mode: ``"html"``, ``"png"`` or ``"cdn"`` (see the module docstring).
+        interval: Seconds between live refreshes (``0``: only when the study closes).
+    """
 
     def __init__(self, mode: str, interval: float) -> None:
         self.mode = mode
         self.interval = interval
+        self._due = time.monotonic() + interval
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def on_trial(self, session: Any) -> None:
-        return None
+        if self.interval <= 0 or time.monotonic() < self._due:
+            return
+        self._due = time.monotonic() + self.interval
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return  # never two at once, never waited for by a trial
+        self._draw(session)
 
     def on_close(self, session: Any, timeout: float) -> None:
+        """The last refresh, started once the study run has its final status."""
+        with self._lock:
+            previous = self._thread
+        if previous is not None:
+            previous.join(timeout)
+        self._draw(session)
+
+    def _draw(self, session: Any) -> None:
         run_id = session.study_run_id
-        if run_id is not None:
-            write_for_run(session.client, session.client.get_run(run_id))
+        if run_id is None:
+            return
+        client, safety, mode = session.client, session.safety, self.mode
+
+        def draw() -> None:
+            with safety.guard("writing the study reports"):
+                write_for_run(client, client.get_run(run_id), mode)
+
+        thread = threading.Thread(target=_drawing(draw), name="mlflow-hpo-reports", daemon=True)
+        with self._lock:
+            self._thread = thread
+        _DRAWING.add(thread)
+        thread.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the refresh in progress, if any."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+
+def _drawing(draw: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            draw()
+        finally:
+            _DRAWING.discard(threading.current_thread())
+
+    return run
+
+
+@atexit.register
+def _finish_drawing() -> None:
+    """A script that ends right after its study still gets its final reports."""
+    for thread in list(_DRAWING):
+        thread.join(timeout=120)
 
 
 def write_reports(
-    study: Any, *, experiment_name: str | None = None, tracking_uri: str | None = None
+    study: Any,
+    *,
+    experiment_name: str | None = None,
+    tracking_uri: str | None = None,
+    mode: str = "html",
 ) -> list[str]:
     """(Re)write the reports of an existing study; return the artifact paths written.
 
@@ -68,10 +143,10 @@ def write_reports(
     from mlflow_hpo.registry import find_study
 
     client = MlflowClient(tracking_uri)
-    return write_for_run(client, find_study(client, study, experiment_name))
+    return write_for_run(client, find_study(client, study, experiment_name), mode)
 
 
-def write_for_run(client: MlflowClient, parent: Run) -> list[str]:
+def write_for_run(client: MlflowClient, parent: Run, mode: str = "html") -> list[str]:
     """Draw every report of study run ``parent`` and log them under ``reports/``."""
     try:
         import optuna
@@ -79,10 +154,9 @@ def write_for_run(client: MlflowClient, parent: Run) -> list[str]:
     except ImportError as error:
         raise MissingExtraError("optuna and plotly", "reports") from error
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    parent = client.get_run(parent.info.run_id)  # the summary's latest tags
-    trials = parent_module.child_runs(client, parent.info.experiment_id, parent.info.run_id)
-    study, exceptions = _study(client, parent, trials)
+    study, exceptions = _study(client, parent)
     written: list[str] = []
+    figures: list[tuple[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mlflow-hpo-reports-") as tmp:
         for name, (interactive, static) in _charts(study, exceptions).items():
             with warnings.catch_warnings():
@@ -94,13 +168,41 @@ def write_for_run(client: MlflowClient, parent: Run) -> list[str]:
                     _note(tmp, name, error)
                     written.append(f"reports/{name}.txt")
                     continue
-            figure.write_html(os.path.join(tmp, f"{name}.html"), include_plotlyjs=True)
             image = axes.figure if hasattr(axes, "figure") else axes[0].figure
-            image.savefig(os.path.join(tmp, f"{name}.png"), dpi=100, bbox_inches="tight")
+            image.savefig(os.path.join(tmp, f"{name}.png"), dpi=72, pil_kwargs={"optimize": True})
             _close(image)
-            written += [f"reports/{name}.html", f"reports/{name}.png"]
+            written.append(f"reports/{name}.png")
+            if mode != "png":
+                with open(os.path.join(tmp, f"{name}.json"), "w") as f:
+                    f.write(figure.to_json())
+                figures.append((name, figure))
+                written.append(f"reports/{name}.json")
+        if figures:
+            _page(tmp, parent, figures, cdn=mode == "cdn")
+            written.append(f"reports/{PAGE}")
         client.log_artifacts(parent.info.run_id, tmp, "reports")
     return written
+
+
+def _page(folder: str, parent: Run, figures: list[tuple[str, Any]], cdn: bool) -> None:
+    """One page with every chart and one copy of plotly.js (or a CDN reference)."""
+    title = parent.data.tags.get(names.TAG_STUDY_NAME, parent.info.run_id)
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_escape(title)}</title>"
+        "</head><body style='font-family:sans-serif'>",
+        f"<h1>Study {_escape(title)}</h1>",
+    ]
+    for index, (name, figure) in enumerate(figures):
+        parts.append(f"<h2 id='{name}'>{name.replace('_', ' ')}</h2>")
+        include: Any = ("cdn" if cdn else True) if index == 0 else False
+        parts.append(figure.to_html(full_html=False, include_plotlyjs=include, div_id=name))
+    parts.append("</body></html>")
+    with open(os.path.join(folder, PAGE), "w") as f:
+        f.write("\n".join(parts))
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _note(folder: str, name: str, error: BaseException) -> None:
@@ -119,7 +221,8 @@ def _charts(study: Any, exceptions: Counter[str]) -> dict[str, tuple[Callable[[]
     from optuna import visualization as html
     from optuna.visualization import matplotlib as png
 
-    charts: dict[str, tuple[Callable[[], Any], ...]] = {
+    n_trials = len(study.trials)
+    return {
         "optimization_history": (
             lambda: html.plot_optimization_history(study),
             lambda: png.plot_optimization_history(study),
@@ -137,55 +240,83 @@ def _charts(study: Any, exceptions: Counter[str]) -> dict[str, tuple[Callable[[]
             lambda: png.plot_intermediate_values(study),
         ),
         "output_exceptions": (
-            lambda: _exceptions_html(exceptions, len(study.trials)),
-            lambda: _exceptions_png(exceptions, len(study.trials)),
+            lambda: _exceptions_html(exceptions, n_trials),
+            lambda: _exceptions_png(exceptions, n_trials),
         ),
     }
-    return charts
 
 
-def _study(client: MlflowClient, parent: Run, trials: list[Run]) -> tuple[Any, Counter[str]]:
-    """The trials as an in-memory Optuna study, and skipped-layer counts per layer name."""
+def _compact(run: Run, hyper: set[str] | None, objective: str) -> dict[str, Any]:
+    """What the charts need of a trial run, and nothing else (studies can be large)."""
+    params, metrics = run.data.params, run.data.metrics
+    keys = (set(params) - _EXTRA_PARAMS) if hyper is None else hyper
+    steps = next((p.format(o=objective) for p in _STEP_METRICS if p.format(o=objective) in
+                  metrics), None)  # fmt: skip
+    skipped = metrics.get(names.METRIC_N_OUTPUT_EXCEPTIONS, 0) > 0
+    return {
+        "run_id": run.info.run_id,
+        "number": int(float(params.get(names.PARAM_TRIAL_NUMBER, 0))),
+        "state": _STATES.get(run.data.tags.get(names.TAG_STATE, "")),
+        "running": run.info.status == "RUNNING",
+        "params": {k: params[k] for k in keys if k in params},
+        "value": metrics.get(objective),
+        "steps": steps,
+        "exceptions": run.data.tags.get(names.TAG_OUTPUT_EXCEPTIONS, "?") if skipped else None,
+    }
+
+
+def _study(client: MlflowClient, parent: Run) -> tuple[Any, Counter[str]]:
+    """The study's trials, read once, as an in-memory Optuna study; and the skipped-layer
+    count of each layer name."""
     import optuna
 
     tags = parent.data.tags
     objective, direction = study_objective(parent)
-    hyper = {
+    best = {
         k[len(names.TAG_BEST_PARAM_PREFIX) :]
         for k in tags
         if k.startswith(names.TAG_BEST_PARAM_PREFIX)
     }
-    if not hyper:
-        hyper = {k for run in trials for k in run.data.params} - _EXTRA_PARAMS
-    typed = {name: _typed([run.data.params.get(name) for run in trials]) for name in sorted(hyper)}
-    distributions = {name: _distribution(values) for name, values in typed.items()}
+    trials = [
+        _compact(run, best or None, objective)
+        for page in parent_module.child_pages(client, parent.info.experiment_id, parent.info.run_id)
+        for run in page
+    ]
+    names_ = sorted({k for t in trials for k in t["params"]})
+    typed = {n: _typed([t["params"].get(n) for t in trials]) for n in names_}
+    distributions = {n: _distribution(v) for n, v in typed.items()}
     study = optuna.create_study(
         direction=optuna.study.StudyDirection[direction.upper()],
         study_name=tags.get(names.TAG_STUDY_NAME),
     )
+    valued = [t for t in trials if t["value"] is not None and t["steps"]]
+    sign = -1.0 if direction == "maximize" else 1.0
+    curves = {t["run_id"] for t in sorted(valued, key=lambda t: sign * t["value"])[:MAX_CURVES]}
     exceptions: Counter[str] = Counter()
-    ordered = sorted(trials, key=lambda r: int(r.data.params.get(names.PARAM_TRIAL_NUMBER, 0)))
-    position = {run.info.run_id: i for i, run in enumerate(trials)}
-    for run in ordered:
-        index = position[run.info.run_id]
-        state = _STATES.get(run.data.tags.get(names.TAG_STATE, ""))
-        if state is None or run.info.status == "RUNNING":
+    for index in sorted(range(len(trials)), key=lambda i: trials[i]["number"]):
+        trial = trials[index]
+        state = trial["state"]
+        if state is None or trial["running"]:
             continue
-        value = run.data.metrics.get(objective)
+        value = trial["value"]
         if state == "COMPLETE" and value is None:
             state = "FAIL"
         params = {n: v[index] for n, v in typed.items() if v[index] is not None}
+        steps = {}
+        if trial["run_id"] in curves:
+            history = client.get_metric_history(trial["run_id"], trial["steps"])
+            steps = {m.step: m.value for m in history}
         study.add_trial(
             optuna.trial.create_trial(
                 state=optuna.trial.TrialState[state],
                 value=value if state == "COMPLETE" else None,
                 params=params,
                 distributions={n: distributions[n] for n in params},
-                intermediate_values=_steps(client, run, objective),
+                intermediate_values=steps,
             )
         )
-        if run.data.metrics.get(names.METRIC_N_OUTPUT_EXCEPTIONS, 0) > 0:
-            exceptions.update(_output_exceptions(client, run))
+        if trial["exceptions"] is not None:
+            exceptions.update(_output_exceptions(client, trial["run_id"], trial["exceptions"]))
     return study, exceptions
 
 
@@ -220,21 +351,20 @@ def _distribution(values: list[Any]) -> Any:
     return CategoricalDistribution(sorted({str(v) for v in present}) or ["-"])
 
 
-def _steps(client: MlflowClient, run: Run, objective: str) -> dict[int, float]:
-    for pattern in _STEP_METRICS:
-        key = pattern.format(o=objective)
-        if key in run.data.metrics:
-            return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-    return {}
-
-
-def _output_exceptions(client: MlflowClient, run: Run) -> list[str]:
+def _output_exceptions(client: MlflowClient, run_id: str, tag: str) -> list[str]:
+    """The list from its tag, or (over the tag limit) its artifact."""
     try:
-        found = trial_record(
-            client, run, names.TAG_OUTPUT_EXCEPTIONS, names.ARTIFACT_OUTPUT_EXCEPTIONS
-        )
-    except (LookupError, OSError, ValueError):
-        return []
+        found = json.loads(tag)
+    except ValueError:
+        try:
+            found = trial_record(
+                client,
+                client.get_run(run_id),
+                names.TAG_OUTPUT_EXCEPTIONS,
+                names.ARTIFACT_OUTPUT_EXCEPTIONS,
+            )
+        except (LookupError, OSError, ValueError):
+            return []
     return [str(n) for n in found]
 
 

@@ -17,6 +17,7 @@ def configure(hp: space.HP) -> dict:
     config = {
         "layers": hp.int("layers", 1, 4),
         "units": hp.int("units", 8, 64, step=8),
+        "width": hp.int("width", 8, 256, log=True),
         "rate": hp.float("rate", 1e-4, 1e-1, log=True),
         "dropout": hp.float("dropout", 0.0, 0.5, step=0.1),
         "activation": hp.choice("activation", ["relu", "tanh"]),
@@ -45,6 +46,8 @@ def test_keras_tuner_gets_the_same_space() -> None:
     by_name = {item["config"]["name"]: item for item in units}
     assert by_name["units"]["config"]["step"] == 8
     assert by_name["rate"]["config"]["sampling"] == "log"
+    assert by_name["width"]["config"]["sampling"] == "log"  # a log int works here too
+    assert 8 <= hp.get("width") <= 256
     assert by_name["activation"]["class_name"] == "Choice"
     assert by_name["batch_norm"]["class_name"] == "Boolean"
 
@@ -67,7 +70,7 @@ def test_values_are_checked_against_the_declaration() -> None:
     with pytest.raises(ConfigurationError, match="activation: expected one of"):
         configure({"activation": "gelu"})
     assert configure({})["units"] == 8  # a missing value takes its default
-    with pytest.raises(ConfigurationError, match="low <= high"):
+    with pytest.raises(ConfigurationError, match="low < high"):
         space.builder(lambda hp: hp.int("n", 5, 1))({})
     with pytest.raises(ConfigurationError, match="non-empty list"):
         space.builder(lambda hp: hp.choice("c", []))({})

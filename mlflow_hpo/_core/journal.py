@@ -93,6 +93,7 @@ class Op:
     result: Any = None
     state: int = PENDING  # in memory: PENDING, DONE, DEAD, or -1 while being written
     counted: bool = False  # its failure was counted once
+    slot: int = 0  # its place in the writer's queue
 
 
 class Owner:

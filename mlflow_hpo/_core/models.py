@@ -17,6 +17,7 @@ the ``mlflow_hpo.model_uri`` tag. The local copy makes the upload safe across an
 
 from __future__ import annotations
 
+import heapq
 import importlib.metadata
 import inspect
 import os
@@ -24,7 +25,6 @@ import shutil
 import sys
 import threading
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlflow_hpo._core import batch, journal, names
@@ -39,16 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["ModelPolicy", "flavor_for", "model_ops", "validate_policy"]
 
 
-@dataclass
-class _Kept:
-    key: str
-    values: list[float]
-    model_id: str | None = None
-    ref: str | None = None
-
-
 class ModelPolicy:
-    """Decides, thread-safely, whether a completed trial's model is logged.
+    """Decides, thread-safely and in O(log k) per trial, whether a trial's model is logged.
 
     Args:
         policy: A value accepted by :func:`validate_policy`.
@@ -57,8 +49,12 @@ class ModelPolicy:
     def __init__(self, policy: str | int) -> None:
         self.policy = validate_policy(policy)
         self.directions: list[str] = ["minimize"]
-        self._completed: dict[str, _Kept] = {}
         self._best: float | None = None  # single objective: the best value so far
+        self._front: list[list[float]] = []  # several objectives: the Pareto front so far
+        # top k: a heap of (sign * value, -order, key) whose root is the worst kept trial
+        self._top: list[tuple[float, int, str]] = []
+        self._refs: dict[str, str] = {}  # trial key -> run ref of a kept model (top k)
+        self._seen = 0
         self._lock = threading.Lock()
 
     @property
@@ -68,46 +64,51 @@ class ModelPolicy:
     def seed(self, key: str, values: list[float]) -> None:
         """Remember a completed trial this process did not run (a resumed study)."""
         with self._lock:
-            if key not in self._completed:
-                self._record(key, values)
+            self._record(key, values)
+
+    def _sign(self) -> float:
+        return 1.0 if self.directions[0] == "maximize" else -1.0
 
     def _record(self, key: str, values: list[float]) -> bool:
-        self._completed[key] = _Kept(key, values)
+        """Account for a completed trial; return whether the policy would keep its model."""
+        self._seen += 1
+        if len(self.directions) > 1:
+            if any(dominates(f, values, self.directions) for f in self._front):
+                return False
+            self._front = [f for f in self._front if not dominates(values, f, self.directions)]
+            self._front.append(values)
+            return True
         improved = self._best is None or better(values[0], self._best, self.directions[0])
         if improved:
             self._best = values[0]
+        if isinstance(self.policy, int):
+            entry = (self._sign() * values[0], -self._seen, key)
+            if len(self._top) < self.policy:
+                heapq.heappush(self._top, entry)
+                return True
+            if entry > self._top[0]:
+                heapq.heapreplace(self._top, entry)
+                return True
+            return False
         return improved
 
     def decide(self, key: str, values: list[float]) -> bool:
         """Record a completed trial and say whether its model should be logged."""
         with self._lock:
-            improved = self._record(key, values)  # O(1): studies can run 10^4+ trials
+            keep = self._record(key, values)
             if self.policy in ("none", "all"):
                 return self.policy == "all"
-            others = (k for k in self._completed.values() if k.key != key)
-            if self.policy == "best":
-                if len(self.directions) > 1:
-                    return not any(dominates(k.values, values, self.directions) for k in others)
-                return improved
-            ahead = sum(1 for k in others if better(k.values[0], values[0], self.directions[0]))
-            return ahead < int(self.policy)
+            return keep
 
     def kept(self, key: str, ref: str) -> list[str]:
         """Note a kept model; return the run refs whose models are now outside the top k."""
         with self._lock:
-            if key in self._completed:
-                self._completed[key].ref = ref
             if not isinstance(self.policy, int):
                 return []
-            ranked = sorted(
-                self._completed.values(),
-                key=lambda k: k.values[0],
-                reverse=self.directions[0] == "maximize",
-            )
-            evicted = [k.ref for k in ranked[self.policy :] if k.ref]
-            for k in ranked[self.policy :]:
-                k.ref = None
-            return evicted
+            self._refs[key] = ref
+            inside = {k for _, _, k in self._top}
+            evicted = [k for k in self._refs if k not in inside]
+            return [self._refs.pop(k) for k in evicted]
 
 
 def flavor_for(model: Any) -> tuple[Any, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from mlflow import MlflowClient
@@ -55,6 +56,31 @@ def tag(key: str) -> str:
     return f"tags.`{key}`"
 
 
+def pages(
+    client: MlflowClient,
+    experiment_id: str,
+    clauses: list[tuple[str, bool]],
+    *,
+    order_by: list[str] | None = None,
+    max_results: int | None = None,
+) -> Iterator[list[Run]]:
+    """The runs matching all ``clauses``, a page at a time (a reader of a large study keeps
+    what it needs of each page and lets the page go)."""
+    token = None
+    filter_string = " and ".join(clause for clause, _ in clauses)
+    size = PAGE if max_results is None else min(PAGE, max_results)
+    seen = 0
+    while True:
+        found = client.search_runs(
+            [experiment_id], filter_string, ViewType.ACTIVE_ONLY, size, order_by, token
+        )
+        seen += len(found)
+        yield list(found)
+        token = found.token
+        if not token or (max_results is not None and seen >= max_results):
+            return
+
+
 def search(
     client: MlflowClient,
     experiment_id: str,
@@ -66,18 +92,13 @@ def search(
 ) -> list[Run]:
     """Every run matching all ``clauses`` (paged); ``exact`` (tag -> value) filters the
     runs a ``LIKE`` clause let through."""
-    runs: list[Run] = []
-    token = None
-    filter_string = " and ".join(clause for clause, _ in clauses)
-    page = PAGE if max_results is None else min(PAGE, max_results)
-    while True:
-        found = client.search_runs(
-            [experiment_id], filter_string, ViewType.ACTIVE_ONLY, page, order_by, token
+    runs = [
+        run
+        for page in pages(
+            client, experiment_id, clauses, order_by=order_by, max_results=max_results
         )
-        runs.extend(found)
-        token = found.token
-        if not token or (max_results is not None and len(runs) >= max_results):
-            break
+        for run in page
+    ]
     if exact:
         runs = [r for r in runs if all(r.data.tags.get(k) == v for k, v in exact.items())]
     return runs
@@ -172,16 +193,23 @@ def reopen(client: MlflowClient, run: Run) -> None:
         client.update_run(run.info.run_id, status="RUNNING")
 
 
+def _children(parent_run_id: str) -> list[tuple[str, bool]]:
+    return [
+        equals(tag(names.TAG_PARENT_RUN_ID), parent_run_id),
+        equals(tag(names.TAG_ROLE), names.ROLE_TRIAL),
+    ]
+
+
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
     """All trial runs nested under ``parent_run_id`` (paged)."""
-    return search(
-        client,
-        experiment_id,
-        [
-            equals(tag(names.TAG_PARENT_RUN_ID), parent_run_id),
-            equals(tag(names.TAG_ROLE), names.ROLE_TRIAL),
-        ],
-    )
+    return search(client, experiment_id, _children(parent_run_id))
+
+
+def child_pages(
+    client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> Iterator[list[Run]]:
+    """The trial runs nested under ``parent_run_id``, a page at a time."""
+    return pages(client, experiment_id, _children(parent_run_id))
 
 
 def find_trial_run(
@@ -210,3 +238,31 @@ def enclosing_run_id() -> str | None:
     if active is not None:
         return str(active.info.run_id)
     return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def top_trials(
+    client: MlflowClient,
+    study_run: Run,
+    objective: str,
+    direction: str,
+    n: int,
+    *,
+    finished_only: bool = True,
+) -> list[Run]:
+    """The ``n`` best trial runs of a study, ranked by the store itself: one search, however
+    many trials the study has. Trials without a (finite) objective value are left out."""
+    from mlflow_hpo._core.study import ranked_runs
+
+    maximize = direction == "maximize"
+    metric = f"metrics.`{objective}`"
+    clauses = [
+        equals(tag(names.TAG_PARENT_RUN_ID), study_run.info.run_id),
+        equals(tag(names.TAG_ROLE), names.ROLE_TRIAL),
+        # A comparison also requires the metric (and leaves NaN out).
+        (f"{metric} {'>' if maximize else '<'} {'-' if maximize else ''}1e308", True),
+    ]
+    if finished_only:
+        clauses.append(("attributes.status = 'FINISHED'", True))
+    order = [f"{metric} {'DESC' if maximize else 'ASC'}", "attributes.start_time ASC"]
+    found = search(client, study_run.info.experiment_id, clauses, order_by=order, max_results=n)
+    return ranked_runs(found[:n], objective, direction)

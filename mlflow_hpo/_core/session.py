@@ -38,6 +38,8 @@ class StudyHook(Protocol):
 
     def on_close(self, session: StudySession, timeout: float) -> None: ...
 
+    def wait(self, timeout: float | None = None) -> None: ...
+
 
 class StudySession:
     """The study-wide half of :class:`~mlflow_hpo._core.tracker.StudyTracker`.

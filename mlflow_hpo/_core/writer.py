@@ -82,7 +82,10 @@ class Writer:
         self.synchronous = synchronous
         self.workers = workers
         self.behind = False  # the store is down or a backlog waits: do not wait for it
-        self._queue: list[Op] = []
+        # Pending entries in order; a dict keeps insertion order and removes in O(1), so a
+        # backlog of thousands of writes (an outage, a 10k-trial study) stays cheap.
+        self._queue: dict[int, Op] = {}
+        self._order = 0
         self._inflight: set[str] = set()
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -107,7 +110,7 @@ class Writer:
             return True
         with self._cond:
             self.journal.append(ops, self.owner.id)
-            self._queue.extend(ops)
+            self._enqueue(ops)
             self._ensure_threads()
             self._cond.notify_all()
         waiting = self.synchronous if wait is None else wait
@@ -124,13 +127,21 @@ class Writer:
         """Queue the pending entries of dead writers of this study (and our own leftovers)."""
         taken = self.journal.adopt(self.owner.id)
         with self._cond:
-            queued = {op.seq for op in self._queue}
+            queued = {op.seq for op in self._queue.values()}
             leftovers = [op for op in self.journal.pending(self.owner.id) if op.seq not in queued]
-            if leftovers:
-                self._queue = sorted([*self._queue, *leftovers], key=lambda o: o.seq or 1 << 62)
+            if leftovers:  # written before anything queued after them
+                mine = list(self._queue.values())
+                self._queue.clear()
+                self._enqueue(sorted([*mine, *leftovers], key=lambda o: o.seq or 1 << 62))
                 self._ensure_threads()
                 self._cond.notify_all()
         return taken + len(leftovers)
+
+    def _enqueue(self, ops: list[Op]) -> None:
+        for op in ops:
+            self._order += 1
+            self._queue[self._order] = op
+            op.slot = self._order
 
     def wait(self, ops: list[Op], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -197,7 +208,7 @@ class Writer:
 
     def _pick(self) -> Op | None:
         blocked: set[str] = set()
-        for index, op in enumerate(self._queue):
+        for index, op in enumerate(self._queue.values()):
             if op.kind in BARRIERS:
                 if index == 0 and not self._inflight:
                     return op
@@ -236,7 +247,7 @@ class Writer:
                     if op.state == -1:
                         op.state = 0
                     if op.state in (DONE, DEAD):
-                        self._queue.remove(op)
+                        self._queue.pop(op.slot, None)
                     if not self._queue:
                         self.behind = False
                     self._cond.notify_all()
@@ -305,10 +316,10 @@ class Writer:
         op.result = error
         if op.kind in CREATES:  # nothing else of that run can be written
             with self._cond:
-                orphans = [o for o in self._queue if o.ref == op.ref and o.state == 0]
+                orphans = [o for o in self._queue.values() if o.ref == op.ref and o.state == 0]
                 for other in orphans:
                     other.state = DEAD
-                    self._queue.remove(other)
+                    self._queue.pop(other.slot, None)
                     with contextlib.suppress(Exception):
                         self.journal.failed(other, f"its run was not created: {text}", dead=True)
         self._report(op, error)
