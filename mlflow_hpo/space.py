@@ -171,8 +171,10 @@ class FixedHP(HP):
             return d.default()
         value = self.values[d.name]
         if d.kind in ("int", "float"):
-            if not (d.low - 1e-12 <= float(value) <= d.high + 1e-12):
+            if not (d.low - 1e-9 <= float(value) <= d.high + 1e-9):
                 raise ConfigurationError(d.name, f"a value in [{d.low}, {d.high}]", value)
+            if d.kind == "float" and d.step is not None:
+                value = round(float(value), 12)  # 0.1 + 2 * 0.1 is 0.30000000000000004
         elif value not in d.values:
             raise ConfigurationError(d.name, f"one of {list(d.values)}", value)
         return value
@@ -224,6 +226,61 @@ class SpaceBuilder:
                     out[d.name] = stats.uniform(d.low, d.high - d.low)
             else:
                 out[d.name] = list(d.values)
+        return out
+
+    def hyperopt_space(self) -> dict[str, Any]:
+        """The space as Hyperopt expressions (``hp.*``), for ``fmin(space=...)``.
+
+        Ints and stepped floats are drawn as an index into their exact grid, so every value
+        is one the declaration allows (Hyperopt's ``quniform`` can step past the bounds);
+        ``hyperopt.space_eval`` gives the values, which the builder then takes as a dict.
+        """
+        from hyperopt import hp
+        from hyperopt.pyll import scope
+
+        out: dict[str, Any] = {}
+        for d in self.dimensions().values():
+            if d.kind == "int" and d.log:
+                draw = hp.qloguniform(d.name, math.log(d.low), math.log(d.high), 1)
+                out[d.name] = scope.int(scope.minimum(scope.maximum(draw, d.low), d.high))
+            elif d.kind == "int":
+                n = (d.high - d.low) // d.step + 1
+                out[d.name] = scope.int(d.low + d.step * hp.randint(d.name, 0, n))
+            elif d.kind == "float" and d.log:
+                out[d.name] = hp.loguniform(d.name, math.log(d.low), math.log(d.high))
+            elif d.kind == "float" and d.step is not None:
+                n = math.floor((d.high - d.low) / d.step + 1e-9) + 1
+                out[d.name] = d.low + d.step * hp.randint(d.name, 0, n)
+            elif d.kind == "float":
+                out[d.name] = hp.uniform(d.name, d.low, d.high)
+            else:
+                out[d.name] = hp.choice(d.name, list(d.values))
+        return out
+
+    def tune_space(self) -> dict[str, Any]:
+        """The space as Ray Tune distributions (``tune.*``), for ``param_space=``.
+
+        Tune's ``randint`` and ``lograndint`` exclude their upper bound, and its
+        ``qrandint(q=1)`` does too: the bounds are shifted so ``high`` stays possible.
+        """
+        from ray import tune
+
+        out: dict[str, Any] = {}
+        for d in self.dimensions().values():
+            if d.kind == "int" and d.log:
+                out[d.name] = tune.lograndint(d.low, d.high + 1)
+            elif d.kind == "int" and d.step > 1:
+                out[d.name] = tune.qrandint(d.low, d.high, d.step)
+            elif d.kind == "int":
+                out[d.name] = tune.randint(d.low, d.high + 1)
+            elif d.kind == "float" and d.log:
+                out[d.name] = tune.loguniform(d.low, d.high)
+            elif d.kind == "float" and d.step is not None:
+                out[d.name] = tune.quniform(d.low, d.high, d.step)
+            elif d.kind == "float":
+                out[d.name] = tune.uniform(d.low, d.high)
+            else:
+                out[d.name] = tune.choice(list(d.values))
         return out
 
     def sampler(self, n_iter: int, random_state: Any = None) -> Any:

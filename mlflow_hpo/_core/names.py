@@ -37,6 +37,10 @@ TAG_BEST_STEP = "mlflow_hpo.best_step"  # Keras Tuner: the epoch its checkpoint 
 TAG_CONTINUES_RUN_ID = "mlflow_hpo.continues_run_id"  # Hyperband: run of tuner/trial_id
 TAG_KT_STATUS = "keras_tuner.status"  # COMPLETED, FAILED or INVALID, as Keras Tuner says
 TAG_KT_TUNER_ID = "keras_tuner.tuner_id"  # which (distributed) tuner ran the trial
+TAG_FAIL_REASON = "mlflow_hpo.fail_reason"  # Hyperopt: the reason of a STATUS_FAIL result
+TAG_HYPEROPT_STATUS = "hyperopt.status"  # the result's status, as Hyperopt says
+TAG_RAY_TRIAL_ID = "ray_tune.trial_id"  # Ray Tune's own id of the trial
+TAG_RAY_STOPPED_AT = "ray_tune.stopped_at_iteration"  # a scheduler stopped it there
 
 # --- tags on study runs ---
 TAG_DIRECTIONS = "mlflow_hpo.directions"
@@ -50,6 +54,7 @@ TAG_PARETO_TRIALS = "mlflow_hpo.pareto_trials"
 TAG_LEFT_OUT = "mlflow_hpo.left_out_candidates"  # scikit-learn, when max_child_runs cuts
 TAG_KT_TUNER = "keras_tuner.tuner"  # the tuner class
 TAG_KT_PROJECT_DIR = "keras_tuner.project_dir"
+TAG_RAY_EXPERIMENT = "ray_tune.experiment_path"  # where Ray Tune keeps the experiment
 TAG_SK_ESTIMATOR = "sklearn.estimator"  # scikit-learn search: the searched estimator's class
 TAG_SK_SAMPLER = "sklearn.sampler"  # tracked_sampler: the sampler's class
 
