@@ -179,16 +179,14 @@ def part_slow_objective(rounds: int) -> None:
         for r in range(rounds):
             bare.append(run("bare", _sqlite(tmp, f"bare{r}"), 30, 0.05))
             uri = _sqlite(tmp, f"tracked{r}")
-            tracked.append(
-                _timed_close(uri, closes, experiment=f"slow{r}")
-            )
+            tracked.append(_timed_close(uri, closes, experiment=f"slow{r}"))
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name(f"slow{r}")
-            study = [
+            study = next(
                 run
                 for run in client.search_runs([experiment.experiment_id])
                 if run.data.tags.get("mlflow_hpo.role") == "study"
-            ][0]
+            )
             sizes.append(
                 sum(a.file_size or 0 for a in client.list_artifacts(study.info.run_id, "reports"))
             )

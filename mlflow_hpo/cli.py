@@ -4,6 +4,7 @@
     mlflow-hpo promote STUDY --model-name NAME [--alias champion] [--only-if-better]
     mlflow-hpo report STUDY
     mlflow-hpo sync [STUDY_KEY] [--timeout 60]
+    mlflow-hpo export-tensorboard STUDY DIR
 
 ``STUDY`` is a study run id, or a study name together with ``--experiment-name``. The store
 is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default.
@@ -131,6 +132,26 @@ def report(study: str, experiment_name: str | None, tracking_uri: str | None) ->
         raise click.ClickException(str(error)) from error
     for path in written:
         click.echo(path)
+
+
+@cli.command("export-tensorboard")
+@_STUDY
+@click.argument("directory")
+@_EXPERIMENT
+@_URI
+def export_tensorboard(
+    study: str, directory: str, experiment_name: str | None, tracking_uri: str | None
+) -> None:
+    """Write STUDY to DIRECTORY in TensorBoard's HParams format (tensorboard --logdir)."""
+    from mlflow_hpo.tensorboard import export
+
+    try:
+        written = export(
+            study, directory, experiment_name=experiment_name or None, tracking_uri=tracking_uri
+        )
+    except MlflowHpoError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"{len(written)} trials written to {directory}: tensorboard --logdir {directory}")
 
 
 @cli.command()

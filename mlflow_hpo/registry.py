@@ -119,6 +119,37 @@ def best_trial(client: MlflowClient, study: Run) -> tuple[Run, str, str, float]:
     return best, objective, direction, float(best.data.metrics[objective])
 
 
+SELECTED_BY_MODELS = "logged models, ranked by their objective metric"
+SELECTED_BY_RUNS = "trial runs, ranked by their objective metric"
+
+
+def best_model(client: MlflowClient, study: Run) -> tuple[Run, str, str, float, str] | None:
+    """``(trial run, objective, direction, value, models:/ URI)`` of the study's best logged
+    model, as the Models tab ranks them (``search_logged_models``), or ``None``."""
+    objective, direction = study_objective(study)
+    key = study.data.tags.get(names.TAG_STUDY_KEY)
+    if not key:
+        return None
+    clause, exact = parent.equals(parent.tag(names.TAG_STUDY_KEY), key)
+    found = client.search_logged_models(
+        [study.info.experiment_id],
+        filter_string=clause,
+        order_by=[{"field_name": f"metrics.{objective}", "ascending": direction != "maximize"}],
+        max_results=10,
+    )
+    for model in found:
+        value = next((m.value for m in model.metrics or [] if m.key == objective), None)
+        ready = str(getattr(model.status, "value", model.status)) == "READY"
+        if value is None or model.source_run_id is None or not ready:
+            continue
+        if not exact and model.tags.get(names.TAG_STUDY_KEY) != key:
+            continue
+        trial = client.get_run(model.source_run_id)
+        if trial.info.status == "FINISHED" and trial.info.lifecycle_stage == "active":
+            return trial, objective, direction, float(value), f"models:/{model.model_id}"
+    return None
+
+
 def promote_best(
     study: Any,
     model_name: str,
@@ -157,7 +188,13 @@ def promote_best(
         mlflow.set_tracking_uri(tracking_uri)  # Model.log and the registry read it
     client = MlflowClient(tracking_uri)
     study_run = find_study(client, study, experiment_name)
-    trial, objective, direction, value = best_trial(client, study_run)
+    chosen = best_model(client, study_run)
+    if chosen is not None:  # the Models tab's own ranking: one search
+        trial, objective, direction, value, model_uri = chosen
+        selected_by = SELECTED_BY_MODELS
+    else:  # no logged model (weights only): rank the trial runs, rebuild the best
+        trial, objective, direction, value = best_trial(client, study_run)
+        model_uri, selected_by = None, SELECTED_BY_RUNS
     existing = _version_of(client, model_name, trial.info.run_id)
     holder = _alias_holder(client, model_name, alias)
     if (
@@ -181,7 +218,7 @@ def promote_best(
         )
     version = existing
     if version is None:
-        model_uri = _model_uri(client, trial, builder)
+        model_uri = model_uri or _model_uri(client, trial, builder)
         values, backend = recorded_values(client, trial)
         _ensure_model(client, model_name)
         version = client.create_model_version(
@@ -194,6 +231,7 @@ def promote_best(
                 names.TAG_VERSION_OBJECTIVE: objective,
                 names.TAG_VERSION_OBJECTIVE_VALUE: repr(value),
                 names.TAG_VERSION_DIRECTION: direction,
+                names.TAG_VERSION_SELECTED_BY: selected_by,
                 names.TAG_BACKEND: backend or study_run.data.tags.get(names.TAG_BACKEND, ""),
             },
             description=_description(study_run, trial, objective, value, values),

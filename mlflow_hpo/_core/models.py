@@ -198,7 +198,11 @@ def save_locally(model: Any, folder: str, example: Any) -> None:
 
 
 def model_ops(
-    tracker: Any, handle: TrialRun, values: dict[str, float], params: dict[str, Any]
+    tracker: Any,
+    handle: TrialRun,
+    values: dict[str, float],
+    params: dict[str, Any],
+    evaluated_on: dict[str, str] | None = None,
 ) -> list[journal.Op]:
     """Save ``handle.model`` locally now (tens of ms with explicit requirements), and the
     journalled entry that uploads it."""
@@ -218,6 +222,7 @@ def model_ops(
                 "number": handle.number,
                 "params": {p.key: p.value for p in batch.params(params)},
                 "metrics": [[batch.key(k), float(v)] for k, v in values.items()],
+                "dataset": evaluated_on,
             },
         )
     ]
@@ -247,6 +252,7 @@ def upload(store: Store, op: journal.Op) -> None:
         params=p.get("params") or {},
         metrics=dict(p.get("metrics", [])),
         model_id=model_id,
+        dataset=p.get("dataset"),
     )
 
 
@@ -260,11 +266,13 @@ def publish(
     params: dict[str, str],
     metrics: dict[str, float],
     model_id: str | None = None,
+    dataset: dict[str, str] | None = None,
 ) -> str:
     """Make the model saved in ``folder`` a logged model of ``run_id``; return its URI.
 
-    The objective metrics are logged with the model's id, which is what the Models tab (and
-    ``search_logged_models(order_by=...)``) ranks by. ``folder`` is removed afterwards.
+    The objective metrics are logged with the model's id (and the dataset it was evaluated
+    on), which is what the Models tab and ``search_logged_models(order_by=...)`` rank and
+    filter by. ``folder`` is removed afterwards.
     """
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
     from mlflow.models import Model
@@ -288,11 +296,14 @@ def publish(
     client.finalize_logged_model(model_id, LoggedModelStatus.READY)
     client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
     now = batch.now_ms()
+    linked = {}
+    if dataset:
+        linked = {"dataset_name": dataset["name"], "dataset_digest": dataset["digest"]}
     if metrics:
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()],
-        )
+        points = [
+            Metric(k, float(v), now, 0, model_id=model_id, **linked) for k, v in metrics.items()
+        ]
+        client.log_batch(run_id, metrics=points)
     uri = f"models:/{model_id}"
     client.set_tag(run_id, names.TAG_MODEL_URI, uri)
     shutil.rmtree(folder, ignore_errors=True)

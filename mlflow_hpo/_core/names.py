@@ -88,6 +88,7 @@ TAG_VERSION_TRIAL_RUN_ID = "mlflow_hpo.trial_run_id"
 TAG_VERSION_OBJECTIVE = "mlflow_hpo.objective"
 TAG_VERSION_OBJECTIVE_VALUE = "mlflow_hpo.objective_value"
 TAG_VERSION_DIRECTION = "mlflow_hpo.direction"
+TAG_VERSION_SELECTED_BY = "mlflow_hpo.selected_by"  # how the best model was found
 
 # --- run names ---
 TRIAL_RUN_NAME = "trial-{number}"

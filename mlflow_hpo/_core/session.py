@@ -291,28 +291,9 @@ class StudySession:
         """The summary entry. ``tables`` are CSV files with ``run_id`` and ``trial_key``
         columns; the run ids are filled in when the entry is written."""
         now = batch.now_ms()
-        metrics: dict[str, float] = {
-            f"{names.METRIC_N_TRIALS_PREFIX}{state.lower()}": n
-            for state, n in self.study.counts().items()
-        }
-        all_tags = dict(tags)
-        best = self.study.best()
-        best_ref = None
-        if best is not None:
-            metrics.update(
-                {
-                    f"{names.METRIC_BEST_PREFIX}{name}": value
-                    for name, value in zip(self.objective_names, best.values, strict=False)
-                }
-            )
-            all_tags[names.TAG_BEST_TRIAL_NUMBER] = best.number
-            all_tags.update(
-                {f"{names.TAG_BEST_PARAM_PREFIX}{k}": v for k, v in best.params.items()}
-            )
-            best_ref = f"trial:{best.key}"
-        front = self.study.front()
-        if front:
-            all_tags[names.TAG_PARETO_TRIALS] = ",".join(str(r.number) for r in front)
+        metrics, summary_tags, best_key = self.study.summary()
+        all_tags = {**tags, **summary_tags}
+        best_ref = f"trial:{best_key}" if best_key is not None else None
         payload: dict[str, Any] = {
             "needs": STUDY,
             "metrics": [[m.key, m.value, now, 0] for m in batch.metrics(metrics, 0, now)],

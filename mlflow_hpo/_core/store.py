@@ -159,6 +159,11 @@ class Store:
                     f.write(text)
             self.client.log_artifacts(self.run_id(op.ref), tmp, op.payload.get("path"))
 
+    def _do_log_inputs(self, op: Op) -> None:
+        from mlflow_hpo._core.datasets import log_inputs
+
+        log_inputs(self.client, self.run_id(op.ref), op.payload["inputs"])
+
     def _do_upload_folder(self, op: Op) -> None:
         import shutil
 

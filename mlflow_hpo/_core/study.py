@@ -116,6 +116,25 @@ class StudyModel:
             out.update({s: n for s, n in self._counts.items() if n})
             return out
 
+    def summary(self) -> tuple[dict[str, float], dict[str, Any], str | None]:
+        """``(metrics, tags, best trial key)`` the study run shows: counts per state, the
+        best trial's values, number and params, and the Pareto front."""
+        metrics: dict[str, float] = {
+            f"{names.METRIC_N_TRIALS_PREFIX}{state.lower()}": n
+            for state, n in self.counts().items()
+        }
+        tags: dict[str, Any] = {}
+        best = self.best()
+        if best is not None:
+            for name, value in zip(self.objectives, best.values, strict=False):
+                metrics[f"{names.METRIC_BEST_PREFIX}{name}"] = value
+            tags[names.TAG_BEST_TRIAL_NUMBER] = best.number
+            tags.update({f"{names.TAG_BEST_PARAM_PREFIX}{k}": v for k, v in best.params.items()})
+        front = self.front()
+        if front:
+            tags[names.TAG_PARETO_TRIALS] = ",".join(str(r.number) for r in front)
+        return metrics, tags, best.key if best is not None else None
+
     def __len__(self) -> int:
         return len(self._records)
 

@@ -14,10 +14,12 @@ from typing import Any
 
 from mlflow.entities import Run
 
-from mlflow_hpo._core import batch, journal, names, reconcile, record
+from mlflow_hpo._core import batch, datasets, journal, names, reconcile, record
+from mlflow_hpo._core.datasets import DatasetCache
 from mlflow_hpo._core.models import model_ops
 from mlflow_hpo._core.safety import warn
 from mlflow_hpo._core.session import StudySession
+from mlflow_hpo._core.store import STUDY
 from mlflow_hpo._core.study import TrialRecord
 from mlflow_hpo._core.trial import TrialResult, TrialRun
 from mlflow_hpo._core.writer import WAIT_CAP
@@ -36,6 +38,8 @@ class StudyTracker(StudySession):
         self._missing_objective_warned = False
         self.plain = False  # the drop-in's layout: no mlflow-hpo params, metrics, tags
         self._models: set[str] = set()  # trial keys whose model this session logged
+        self.datasets = DatasetCache()
+        self._evaluated_on: dict[str, str] | None = None  # the latest validation dataset
 
     # ------------------------------------------------------------------ trials
     def trial(self, key: str, number: int, start_ms: int | None = None) -> TrialRun:
@@ -172,11 +176,14 @@ class StudyTracker(StudySession):
                 run_name=self.run_name(handle),
                 plain=self.plain,
             )
+        if handle.datasets and not self.plain:
+            with self.safety.guard(f"describing the data of trial {handle.number}"):
+                ops[-1:-1] = self._dataset_ops(handle)
         if keep:
             with self.safety.guard(f"saving the model of trial {handle.number}"):
                 objective = dict(zip(self.objective_names, values, strict=False))
                 # Uploaded before the run ends: a FINISHED run shows its model.
-                ops[-1:-1] = model_ops(self, handle, objective, result.params)
+                ops[-1:-1] = model_ops(self, handle, objective, result.params, self._evaluated_on)
                 self._models.add(handle.key)
                 evicted = self.policy.kept(handle.key, handle.ref)
                 ops += [journal.Op(ref, "delete_model", {}) for ref in evicted]
@@ -188,6 +195,27 @@ class StudyTracker(StudySession):
         for hook in self.hooks:
             with self.safety.guard("refreshing the study reports"):
                 hook.on_trial(self)
+
+    def _dataset_ops(self, handle: TrialRun) -> list[journal.Op]:
+        """The trial's dataset inputs, and those the study run does not list yet."""
+        entries = datasets.inputs(self.datasets, handle.datasets)
+        if not entries:
+            return []
+        evaluated = [e for e in entries if e["context"] == "validation"] or entries
+        self._evaluated_on = {
+            "name": evaluated[0]["dataset"]["name"],
+            "digest": evaluated[0]["dataset"]["digest"],
+        }
+        ops = [journal.Op(handle.ref, "log_inputs", {"inputs": entries})]
+        new = []
+        for entry in entries:
+            mark = f"{entry['context']}:{entry['dataset']['digest']}"
+            if mark not in self.datasets.logged_to_study:
+                self.datasets.logged_to_study.add(mark)
+                new.append(entry)
+        if new and self.nested:
+            ops.append(journal.Op(STUDY, "log_inputs", {"needs": STUDY, "inputs": new}))
+        return ops
 
     def has_model(self, key: str) -> bool:
         """Whether trial ``key``'s run has a logged model (this session or an earlier)."""
@@ -212,7 +240,7 @@ class StudyTracker(StudySession):
         handle.created = True
         handle.model, handle.input_example = model, example
         with self.safety.guard(f"saving the model of trial {number}"):
-            ops = model_ops(self, handle, values, params)
+            ops = model_ops(self, handle, values, params, self._evaluated_on)
             self._models.add(key)
             self.writer.submit(ops)
 

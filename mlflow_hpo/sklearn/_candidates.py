@@ -24,6 +24,7 @@ def log_candidates(
     start_ms: int,
     cap: int | None,
     live: LiveFolds | None = None,
+    data: tuple[Any, Any] = (None, None),
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """One finished child per ``cv_results_`` row (best first); returns the study run's
     extra ``(tags, tables)``: how many candidates were left out, and ``cv_results.csv``.
@@ -92,8 +93,13 @@ def log_candidates(
             error_class=batch.error_class(errors[0]) if errors else None,
         )
         handle = tracker.trial(str(index), index, first_ms)
+        x, y = data
+        if x is not None and hasattr(x, "shape") and hasattr(x, "__getitem__"):
+            handle.datasets = [(x, y, "training")]  # every candidate was fit on folds of it
         if index == best and getattr(search, "best_estimator_", None) is not None:
             handle.model = search.best_estimator_
+            if handle.datasets:
+                handle.input_example = x[:5]
             if not handle.output_exceptions:
                 handle.add_output_exceptions(output_exceptions_of(search.best_estimator_))
         tracker.finish(handle, result)

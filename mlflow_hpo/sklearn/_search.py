@@ -100,7 +100,8 @@ def track_search(
                         live.finish_scored()
             if status == "FINISHED":
                 with tracker.safety.guard("logging the search's candidates"):
-                    extra = log_candidates(tracker, search, folds, start_ms, cap, live)
+                    data = _fit_data(args, kwargs)
+                    extra = log_candidates(tracker, search, folds, start_ms, cap, live, data)
             # Candidates seen live and not fully scored (an interrupted search) end KILLED.
             tracker.close(status, tags=extra[0], tables=extra[1])
 
@@ -130,6 +131,13 @@ def _untracked_state(search: Any) -> dict[str, Any]:
     for key in _OURS:
         state.pop(key, None)
     return state
+
+
+def _fit_data(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """``(X, y)`` as given to ``fit`` (what the refitted best estimator was fit on)."""
+    x = args[0] if args else kwargs.get("X")
+    y = args[1] if len(args) > 1 else kwargs.get("y")
+    return x, y
 
 
 def _objective(search: Any) -> str:
