@@ -27,6 +27,7 @@ def new_tracker(
         from mlflow_hpo.reports import ReportHook
 
         hooks.append(ReportHook(checked.reports, checked.report_interval))
+    kwargs.setdefault("capture_fit", checked.capture_fit)
     return StudyTracker(backend, checked, hooks=hooks, **kwargs)
 
 

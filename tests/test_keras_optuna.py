@@ -178,3 +178,36 @@ def test_fit_with_positional_callbacks_or_a_callback_list_still_works(
     _, trials = study_runs(client, "pos")
     for run in trials:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1]
+
+
+def test_fit_is_kerass_own_again_after_a_tracker_closes_and_the_explicit_callback(
+    client: MlflowClient, tracking_uri: str, digits
+) -> None:
+    import mlflow_hpo.keras
+
+    original = keras.Model.fit
+    x, y = digits
+
+    def captured(trial: optuna.Trial) -> float:
+        assert keras.Model.fit is not original  # wrapped while a capturing tracker is open
+        model = _builder(1, 3)[0]
+        return float(model.fit(x, y, epochs=2, verbose=0).history["loss"][-1])
+
+    with MlflowStudyCallback(experiment_name="captured", metric_name="loss") as tracker:
+        optuna.create_study().optimize(tracker.track(captured), n_trials=1, callbacks=[tracker])
+    assert keras.Model.fit is original  # put back when the tracker closed
+
+    def explicit(trial: optuna.Trial) -> float:
+        assert keras.Model.fit is original  # capture_fit=False: fit is never wrapped
+        model = _builder(1, 3)[0]
+        history = model.fit(x, y, epochs=2, verbose=0, callbacks=[mlflow_hpo.keras.callback()])
+        return float(history.history["loss"][-1])
+
+    tracker = MlflowStudyCallback(experiment_name="explicit", metric_name="loss", capture_fit=False)
+    with tracker:
+        optuna.create_study().optimize(tracker.track(explicit), n_trials=1, callbacks=[tracker])
+    for experiment in ("captured", "explicit"):
+        _, (run,) = study_runs(client, experiment)
+        epochs = client.get_metric_history(run.info.run_id, "epoch_loss")
+        assert [m.step for m in epochs] == [0, 1]  # the objective's name: epoch_<name>
+    assert keras.Model.fit is original

@@ -236,6 +236,29 @@ def test_resumed_search_reuses_parent_and_logs_no_trial_twice(
         study_runs(client, "resume")
 
 
+def test_a_freeze_the_application_made_is_left_as_it_is(
+    client: MlflowClient, tracking_uri: str, tmp_path: Path, data
+) -> None:
+    x, y = data
+    gc.freeze()  # the application's own
+    frozen = gc.get_freeze_count()
+    try:
+        tuner = RandomSearch(
+            build,
+            objective="val_accuracy",
+            max_trials=1,
+            directory=str(tmp_path / "kt"),
+            project_name="frozen",
+            experiment_name="frozen",
+            log_models="none",
+        )
+        tuner.search(x, y, validation_split=0.25, epochs=1, verbose=0)
+        assert gc.get_freeze_count() > frozen // 2  # not unfrozen (0) by the search
+    finally:
+        gc.unfreeze()
+    assert keras.Model.fit.__module__.startswith("keras")  # the tuner never wrapped fit
+
+
 def test_repeated_executions_keep_one_history_each(
     client: MlflowClient, tracking_uri: str, tmp_path: Path, data
 ) -> None:

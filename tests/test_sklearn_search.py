@@ -159,9 +159,20 @@ def test_max_child_runs_keeps_the_best_and_says_how_many_were_left_out(
 
 def test_bad_arguments_fail_before_any_run(client: MlflowClient, tracking_uri: str) -> None:
     with pytest.raises(ConfigurationError, match="search CV"):
-        track_search(DecisionTreeClassifier())
+        track_search(DecisionTreeClassifier(), experiment_name="search")
     with pytest.raises(ConfigurationError, match="max_child_runs"):
-        track_search(GridSearchCV(DecisionTreeClassifier(), {"max_depth": [1]}), max_child_runs=0)
+        track_search(
+            GridSearchCV(DecisionTreeClassifier(), {"max_depth": [1]}),
+            max_child_runs=0,
+            experiment_name="search",
+        )
+    with pytest.raises(ConfigurationError, match="log_models"):
+        track_search(
+            GridSearchCV(DecisionTreeClassifier(), {"max_depth": [1]}),
+            log_models="most",
+            experiment_name="search",
+        )
+    # Had any of them gone through, it would have made this experiment.
     assert client.get_experiment_by_name("search") is None
 
 

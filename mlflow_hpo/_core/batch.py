@@ -14,7 +14,7 @@ import re
 import time
 import traceback
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
@@ -135,4 +135,4 @@ def fits_in_tag(text: str) -> bool:
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()

@@ -212,6 +212,13 @@ def _nothing() -> None:
     return None
 
 
+def sklearn_base_search_cv() -> Any:
+    """``BaseSearchCV``, the base of every search CV (not exported by a public module)."""
+    from sklearn.model_selection._search import BaseSearchCV
+
+    return BaseSearchCV
+
+
 def sklearn_callbacks(estimator: Any) -> list[Any]:
     """The callbacks set on ``estimator`` (``_skl_callbacks``, scikit-learn 1.9.1): kept
     when ours is added for a fit, and put back afterwards (``set_callbacks`` replaces)."""

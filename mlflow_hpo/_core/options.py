@@ -39,6 +39,10 @@ class WriteOptions(TypedDict, total=False):
             60; ``0`` refreshes only when the study closes).
         close_timeout: Seconds ``close()`` waits for the journal to drain (default 30).
             What is still waiting then is written by ``mlflow-hpo sync``.
+        capture_fit: ``True`` (default) captures Keras ``fit`` inside a trial (its epochs,
+            its data, its model) by wrapping ``keras.Model.fit`` while the tracker is open
+            (Keras's own ``fit`` is put back when it closes). ``False`` leaves ``fit`` alone:
+            pass ``mlflow_hpo.keras.callback()`` to ``fit`` to log its epochs instead.
     """
 
     synchronous: bool
@@ -47,6 +51,7 @@ class WriteOptions(TypedDict, total=False):
     reports: bool | ReportMode
     report_interval: float
     close_timeout: float
+    capture_fit: bool
 
 
 class TrackingOptions(WriteOptions, total=False):
@@ -120,6 +125,7 @@ class Options:
     reports: ReportMode | None = "html"
     report_interval: float = 60.0
     close_timeout: float = 30.0
+    capture_fit: bool = True
 
     @classmethod
     def of(cls, options: dict[str, Any] | TrackingOptions) -> Options:
@@ -150,4 +156,5 @@ class Options:
             reports=_reports(given["reports"]) if "reports" in given else reports_default(),
             report_interval=validate.seconds("report_interval", given.get("report_interval", 60.0)),
             close_timeout=validate.seconds("close_timeout", given.get("close_timeout", 30.0)),
+            capture_fit=validate.flag("capture_fit", given.get("capture_fit", True)),
         )

@@ -1,11 +1,12 @@
 """``MlflowTunerMixin``: tracks any Keras Tuner tuner through its own hook contract.
 
 Keras Tuner calls ``search`` -> ``on_trial_begin`` -> ``run_trial`` (``fit`` per execution,
-``on_epoch_end`` per epoch) -> ``on_trial_end``. The mixin opens the study's run in
-``search``, makes each trial the current trial between ``on_trial_begin`` and
-``on_trial_end`` (so ``LayerGuard`` in ``build(hp)`` and the epoch logging find it), and
-writes the trial once the oracle has scored it. Nothing here counts directories: the trial id
-comes from the trial itself.
+``on_epoch_begin``/``on_epoch_end`` per epoch) -> ``on_trial_end``: the mixin uses exactly
+these public hooks, and never wraps Keras's ``fit``. It opens the study's run in ``search``
+(where it also notes the data the trials fit on), makes each trial the current trial
+between ``on_trial_begin`` and ``on_trial_end`` (so ``LayerGuard`` in ``build(hp)`` finds
+it), logs each epoch from ``on_epoch_end``, and writes the trial once the oracle has scored
+it. Nothing here counts directories: the trial id comes from the trial itself.
 
 Models: with ``log_models="best"`` or a top k, the kept models are logged once the search
 knows which trials are kept, from the checkpoints Keras Tuner keeps for every trial (one save
@@ -26,7 +27,7 @@ from typing import Any
 import keras_tuner
 
 from mlflow_hpo._backend import StudyHandle, new_tracker
-from mlflow_hpo._core import batch, compat, keras, names, parent
+from mlflow_hpo._core import batch, compat, names, parent
 from mlflow_hpo._core.options import TrackingOptions
 from mlflow_hpo._core.trial import TrialResult, TrialRun, activate
 from mlflow_hpo._core.validate import flag
@@ -80,13 +81,16 @@ class MlflowTunerMixin(StudyHandle):
         options.update(
             experiment_name=experiment_name, tracking_uri=tracking_uri, log_models=log_models
         )
-        self._study_tracker = new_tracker(names.BACKEND_KERAS_TUNER, options)
+        # Epochs and models come from the tuner's own hooks: fit() is never wrapped.
+        self._study_tracker = new_tracker(names.BACKEND_KERAS_TUNER, options, capture_fit=False)
         self._mlflow = self._study_tracker
         self._mlflow_open_trials: dict[str, tuple[TrialRun, ExitStack]] = {}
         self._mlflow_attempts: dict[str, int] = {}
         self._mlflow_keys: dict[str, str] = {}  # trial id -> key of its latest attempt
         self._mlflow_freeze_gc = flag("freeze_gc", freeze_gc)
         self._mlflow_example: Any = None
+        self._mlflow_data: list[tuple[Any, Any, str]] = []
+        self._mlflow_models: dict[str, int] = {}  # trial id -> id() of its current model
         super().__init__(*args, **kwargs)
 
     # Names used before the handle was shared by every backend.
@@ -102,6 +106,8 @@ class MlflowTunerMixin(StudyHandle):
     def search(self, *fit_args: Any, **fit_kwargs: Any) -> Any:
         with self._mlflow.safety.guard("opening the study run"):
             self._mlflow_open()
+        with self._mlflow.safety.guard("noting the search's data"):
+            self._mlflow_note_data(fit_args, fit_kwargs)
         freeze = self._mlflow_freeze_gc and gc.get_freeze_count() == 0
         if freeze:
             gc.collect()  # never freeze garbage
@@ -126,9 +132,8 @@ class MlflowTunerMixin(StudyHandle):
         finally:
             if freeze:
                 gc.unfreeze()
-            for handle, stack in list(self._mlflow_open_trials.values()):
+            for _, stack in list(self._mlflow_open_trials.values()):
                 stack.close()
-                keras.unregister(handle)
             self._mlflow_open_trials.clear()
             with self._mlflow.safety.guard("logging the kept models"):
                 self._mlflow_log_kept()
@@ -143,18 +148,36 @@ class MlflowTunerMixin(StudyHandle):
         if not self._mlflow.active:
             return
         handle = self._mlflow.trial(self._mlflow_key(trial), int(trial.trial_id))
+        handle.datasets = list(self._mlflow_data)
+        if self._mlflow_example is not None:
+            handle.input_example = self._mlflow_example
         stack = ExitStack()
         stack.enter_context(activate(handle))
-        # Epochs come from fit(); so does the trained model, into which the best epoch's
-        # checkpoint is loaded if every trial's model is kept.
-        keras.register(handle, self._mlflow_log_epoch, capture_model=self._mlflow_keeps_all)
         self._mlflow_open_trials[trial.trial_id] = (handle, stack)
+
+    def on_epoch_begin(self, trial: Any, model: Any, epoch: int, logs: Any = None) -> None:
+        super().on_epoch_begin(trial, model, epoch, logs)  # type: ignore[misc]
+        entry = self._mlflow_open_trials.get(trial.trial_id)
+        if entry is not None and self._mlflow_models.get(trial.trial_id) != id(model):
+            self._mlflow_models[trial.trial_id] = id(model)  # each execution builds anew
+            entry[0].fits += 1
+
+    def on_epoch_end(self, trial: Any, model: Any, epoch: int, logs: Any = None) -> None:
+        super().on_epoch_end(trial, model, epoch, logs)  # type: ignore[misc]
+        entry = self._mlflow_open_trials.get(trial.trial_id)
+        if entry is None or not logs:
+            return
+        handle = entry[0]
+        if self._mlflow_keeps_all:
+            handle.model = model  # the best epoch's checkpoint is loaded into it at the end
+        with self._mlflow.safety.guard(f"logging an epoch of trial {trial.trial_id}"):
+            self._mlflow_log_epoch(handle, dict(logs), int(epoch))
 
     def on_trial_end(self, trial: Any) -> None:
         entry = self._mlflow_open_trials.pop(trial.trial_id, None)
+        self._mlflow_models.pop(trial.trial_id, None)
         if entry is not None:
             entry[1].close()
-            keras.unregister(entry[0])
         try:
             super().on_trial_end(trial)  # type: ignore[misc]  # the oracle scores it here
         finally:
@@ -185,6 +208,18 @@ class MlflowTunerMixin(StudyHandle):
     def _mlflow_key_of(self, trial_id: Any) -> str:
         """The key of the latest attempt of ``trial_id`` (what summaries point at)."""
         return self._mlflow_keys.get(str(trial_id), str(trial_id))
+
+    def _mlflow_note_data(self, fit_args: tuple[Any, ...], fit_kwargs: dict[str, Any]) -> None:
+        """What every trial fits on: its dataset inputs and its models' input example."""
+        x = fit_args[0] if fit_args else fit_kwargs.get("x")
+        y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
+        if x is None or not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
+            return  # a tf.data pipeline or a generator: nothing to take rows from cheaply
+        self._mlflow_example = x[:5]
+        self._mlflow_data = [(x, y, "training")]
+        validation = fit_kwargs.get("validation_data")
+        if isinstance(validation, tuple | list) and len(validation) >= 2:
+            self._mlflow_data.append((validation[0], validation[1], "validation"))
 
     def _mlflow_log_epoch(self, handle: TrialRun, logs: dict[str, Any], epoch: int) -> None:
         if getattr(self, "executions_per_trial", 1) > 1:
@@ -254,8 +289,6 @@ class MlflowTunerMixin(StudyHandle):
         result.tags[names.TAG_KT_TUNER_ID] = getattr(self, "tuner_id", "")
         result.start_ms = handle.start_ms
         result.end_ms = batch.now_ms()
-        if handle.input_example is not None:
-            self._mlflow_example = handle.input_example
         if result.state == names.STATE_COMPLETE and self._mlflow_keeps_all:
             if self._mlflow_has_model(final):
                 handle.model_loader = lambda: self._mlflow_best_epoch(handle, final)

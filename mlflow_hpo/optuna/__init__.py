@@ -13,6 +13,6 @@ except ImportError as _error:  # pragma: no cover - only without the extra
     raise MissingExtraError("optuna", "optuna") from _error
 
 from mlflow_hpo.optuna._callback import MlflowStudyCallback
-from mlflow_hpo.optuna._compat import MLflowCallback
+from mlflow_hpo.optuna._dropin import MLflowCallback
 
 __all__ = ["MLflowCallback", "MlflowStudyCallback"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sklearn.model_selection._search import BaseSearchCV
-
 from mlflow_hpo._backend import StudyHandle, new_tracker
 from mlflow_hpo._core import batch, compat, names
 from mlflow_hpo._core.validate import positive_int
@@ -55,7 +53,7 @@ def track_search(
         ...                       experiment_name="digits")
         >>> search.fit(x, y)
     """
-    if not isinstance(search, BaseSearchCV):
+    if not isinstance(search, compat.sklearn_base_search_cv()):
         raise ConfigurationError(
             "search",
             "a scikit-learn search CV (a BaseSearchCV such as GridSearchCV)",
@@ -127,7 +125,7 @@ _OURS = ("fit", "mlflow", "__getstate__")
 def _untracked_state(search: Any) -> dict[str, Any]:
     """What pickling a tracked search keeps: everything but our hooks, so a fitted search
     saved with joblib or pickle loads back as the plain scikit-learn search it is."""
-    state: dict[str, Any] = dict(BaseSearchCV.__getstate__(search))
+    state: dict[str, Any] = dict(compat.sklearn_base_search_cv().__getstate__(search))
     for key in _OURS:
         state.pop(key, None)
     return state
