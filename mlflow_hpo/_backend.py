@@ -31,6 +31,24 @@ def new_tracker(
     return StudyTracker(backend, checked, hooks=hooks, **kwargs)
 
 
+def exit_status(exc_type: type[BaseException] | None) -> str:
+    """The study run's status when a scope ends with ``exc_type`` (``None``: normally)."""
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+
+
+def status_at_exit(interrupted: bool = False) -> str:
+    """The study run's status at interpreter exit: how the program ended (Python sets
+    ``sys.last_type`` for an uncaught exception before ``atexit`` handlers run)."""
+    import sys
+
+    if interrupted:
+        return "KILLED"
+    last = getattr(sys, "last_type", None)
+    return "FINISHED" if last is None or issubclass(last, SystemExit) else exit_status(last)
+
+
 class StudyHandle:
     """The study handle of a tracked object.
 

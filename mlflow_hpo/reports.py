@@ -48,7 +48,8 @@ REPORTS = (
 )
 PAGE = "study.html"
 MODES = ("html", "png", "cdn")
-MAX_CURVES = 100  # intermediate-value curves drawn: the best trials' (a chart, not a dump)
+MAX_CURVES = 100  # per-trial lines drawn (curves, coordinates): the best trials'
+
 _EXTRA_PARAMS = {names.PARAM_TRIAL_NUMBER, "iter", "n_resources"}
 # Per-step histories, by backend: Optuna's reports, Keras epochs of the objective, CV folds.
 _STEP_METRICS = (names.METRIC_INTERMEDIATE, names.METRIC_EPOCH_PREFIX + "{o}", "test_{o}")
@@ -169,7 +170,7 @@ def write_for_run(client: MlflowClient, parent: Run, mode: str = "html") -> list
                     written.append(f"reports/{name}.txt")
                     continue
             image = axes.figure if hasattr(axes, "figure") else axes[0].figure
-            image.savefig(os.path.join(tmp, f"{name}.png"), dpi=72, pil_kwargs={"optimize": True})
+            _save_png(image, os.path.join(tmp, f"{name}.png"))
             _close(image)
             written.append(f"reports/{name}.png")
             if mode != "png":
@@ -211,6 +212,19 @@ def _note(folder: str, name: str, error: BaseException) -> None:
         f.write(f"No {name.replace('_', ' ')} chart for this study: {error}\n")
 
 
+def _save_png(figure: Any, path: str) -> None:
+    """The chart as a small PNG: 72 dpi, 128 colours (a chart has few), optimised."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=72)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=128).save(path, optimize=True)
+
+
 def _close(figure: Any) -> None:
     import matplotlib.pyplot as plt
 
@@ -222,6 +236,7 @@ def _charts(study: Any, exceptions: Counter[str]) -> dict[str, tuple[Callable[[]
     from optuna.visualization import matplotlib as png
 
     n_trials = len(study.trials)
+    best = _best(study, MAX_CURVES)  # one line per trial: the best ones stay readable
     return {
         "optimization_history": (
             lambda: html.plot_optimization_history(study),
@@ -232,18 +247,31 @@ def _charts(study: Any, exceptions: Counter[str]) -> dict[str, tuple[Callable[[]
             lambda: png.plot_param_importances(study),
         ),
         "parallel_coordinate": (
-            lambda: html.plot_parallel_coordinate(study),
-            lambda: png.plot_parallel_coordinate(study),
+            lambda: html.plot_parallel_coordinate(best),
+            lambda: png.plot_parallel_coordinate(best),
         ),
         "intermediate_values": (
-            lambda: html.plot_intermediate_values(study),
-            lambda: png.plot_intermediate_values(study),
+            lambda: html.plot_intermediate_values(best),
+            lambda: png.plot_intermediate_values(best),
         ),
         "output_exceptions": (
             lambda: _exceptions_html(exceptions, n_trials),
             lambda: _exceptions_png(exceptions, n_trials),
         ),
     }
+
+
+def _best(study: Any, keep: int) -> Any:
+    """``study`` itself, or (a large study) an in-memory copy with its ``keep`` best trials."""
+    import optuna
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) <= keep:
+        return study
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    best = optuna.create_study(direction=study.direction, study_name=study.study_name)
+    best.add_trials(sorted(complete, key=lambda t: sign * float(t.value))[:keep])
+    return best
 
 
 def _compact(run: Run, hyper: set[str] | None, objective: str) -> dict[str, Any]:

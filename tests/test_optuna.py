@@ -507,15 +507,3 @@ def test_non_blocking_trials_csv_has_every_run_id(client: MlflowClient, tracking
     parent, trials = study_runs(client, "exp")
     rows = csv.DictReader(io.StringIO(_artifact(client, parent.info.run_id, names.ARTIFACT_TRIALS)))
     assert sorted(row["run_id"] for row in rows) == sorted(t.info.run_id for t in trials)
-
-
-def test_a_second_study_on_one_tracker_is_reported(tracking_uri: str) -> None:
-    tracker = MlflowStudyCallback(experiment_name="exp")
-    with tracker:
-        optuna.create_study().optimize(
-            tracker.track(lambda t: 1.0), n_trials=1, callbacks=[tracker]
-        )
-        with pytest.raises(ConfigurationError, match="one MlflowStudyCallback per study"):
-            optuna.create_study().optimize(
-                tracker.track(lambda t: 1.0), n_trials=1, callbacks=[tracker]
-            )

@@ -157,8 +157,16 @@ def open_parent(
     key: str,
     known_parent_id: str | None,
     tags: dict[str, Any],
+    shared: bool = True,
 ) -> tuple[Run, bool]:
-    """Return ``(parent_run, reused)``; a reused parent is set back to RUNNING."""
+    """Return ``(parent_run, reused)``; a reused parent is set back to RUNNING.
+
+    ``shared=False``: a study only this process can know (an in-memory study, with a key
+    made up for it): no rival can race for it, so the parent is simply created.
+    """
+    if not shared:
+        run = client.create_run(experiment_id, tags=batch.tag_dict(tags), run_name=study_name)
+        return run, False
     if known_parent_id:
         try:
             run = client.get_run(known_parent_id)

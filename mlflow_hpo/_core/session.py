@@ -231,6 +231,7 @@ class StudySession:
             "key": self.study_key,
             "known_parent_id": known_parent_id,
             "nested": self.nested,
+            "shared": not self._ephemeral,
             "fallback_name": study_name,
             "tags": batch.tag_dict(
                 {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from mlflow_hpo._backend import StudyHandle, new_tracker
+from mlflow_hpo._backend import StudyHandle, exit_status, new_tracker, status_at_exit
 from mlflow_hpo._core import compat, keras, names
 from mlflow_hpo._core.batch import error_text
 from mlflow_hpo._core.trial import TrialRun, activate
@@ -43,15 +42,6 @@ def _check_metric_name(metric_name: Any) -> str | list[str]:
         "a non-empty string, or a list of distinct names (one per objective)",
         metric_name,
     )
-
-
-def exit_status(interrupted: bool = False) -> str:
-    """The study's status at interpreter exit: how the program ended (``sys.last_type`` is
-    set by Python for an uncaught exception before ``atexit`` handlers run)."""
-    last = getattr(sys, "last_type", None)
-    if interrupted or (last is not None and issubclass(last, KeyboardInterrupt)):
-        return "KILLED"
-    return "FAILED" if last is not None and not issubclass(last, SystemExit) else "FINISHED"
 
 
 class MlflowStudyCallback(StudyHandle):
@@ -169,13 +159,7 @@ class MlflowStudyCallback(StudyHandle):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            status = "FINISHED"
-        elif issubclass(exc_type, KeyboardInterrupt):
-            status = "KILLED"
-        else:
-            status = "FAILED"
-        self.close(status)
+        self.close(exit_status(exc_type))
 
     def close(self, status: str = "FINISHED") -> None:
         """Write the final summary (with ``trials.csv``) and end the study run."""
@@ -194,7 +178,7 @@ class MlflowStudyCallback(StudyHandle):
         tracker.close(status, tags=tags, before=count_every_trial)
 
     def _close_at_exit(self) -> None:
-        self.close(exit_status(self._interrupted))
+        self.close(status_at_exit(self._interrupted))
 
     # ------------------------------------------------------------------ internals
     def _bind(self, study: optuna.Study) -> None:

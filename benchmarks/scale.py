@@ -1,0 +1,205 @@
+"""A 10,000-trial Optuna study: per-trial cost, writer throughput, close, memory, readers.
+
+Run: ``python benchmarks/scale.py`` (about 6 minutes on 2 cores; ``--trials`` and
+``--sleep-ms`` change the size).
+
+On a fresh SQLite store, side by side:
+
+1. the floor: a raw ``MlflowClient`` loop of the three calls mlflow-hpo makes per trial, in
+   trials per second;
+2. a burst of ``--burst`` trivial trials, non-blocking: the writer's own throughput (loop and
+   drain), against that floor (target: within 1.2x);
+3. the study: ``--trials`` trials of a ``--sleep-ms`` objective, non-blocking, each offering a
+   tiny model under ``log_models="best"``: the loop cost of the first and last 1,000 trials
+   (target: within 10%), the close (target <= 10 s) and the process's peak RSS (target
+   <= 300 MB, with what the imports alone take);
+4. then, each in a fresh process: ``mlflow-hpo show``, ``promote_best`` and the reports, timed
+   (targets <= 3 s, <= 3 s, <= 10 s) with their peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import optuna
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def raw_floor(uri: str, n: int) -> float:
+    """Trials per second of a raw client loop of the same three calls."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("raw")
+    start = time.perf_counter()
+    for i in range(n):
+        run = client.create_run(experiment, tags={"mlflow_hpo.role": "trial", "k": "v" * 40})
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric("loss", float(i), now, 0), Metric("trial_duration_s", 0.0, now, 0)],
+            params=[Param("x", str(i)), Param("trial_number", str(i))],
+            tags=[RunTag("mlflow_hpo.state", "COMPLETE")],
+        )
+        client.set_terminated(run.info.run_id, "FINISHED", now)
+    return n / (time.perf_counter() - start)
+
+
+def burst(uri: str, n: int) -> float:
+    """Trials per second mlflow-hpo's writer sustains (loop and drain of a trivial study)."""
+    from mlflow_hpo.optuna import MlflowStudyCallback
+
+    study = optuna.create_study()
+    start = time.perf_counter()
+    tracker = MlflowStudyCallback(
+        experiment_name="burst",
+        metric_name="loss",
+        tracking_uri=uri,
+        synchronous=False,
+        reports=False,
+        log_models="none",
+        verbose=0,
+        close_timeout=600,
+    )
+    with tracker:
+        study.optimize(
+            tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=n, callbacks=[tracker]
+        )
+    return n / (time.perf_counter() - start)
+
+
+def study(uri: str, n: int, sleep_s: float) -> dict[str, float]:
+    from sklearn.dummy import DummyRegressor
+
+    import mlflow_hpo
+    from mlflow_hpo.optuna import MlflowStudyCallback
+
+    model = DummyRegressor().fit([[0.0]], [0.0])  # a tiny model: the policy keeps the best
+    from_imports = _rss_mb()
+    durations: list[float] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        start = time.perf_counter()
+        x = trial.suggest_float("x", -10, 10)
+        y = trial.suggest_int("y", 0, 5)
+        time.sleep(sleep_s)
+        mlflow_hpo.log_model(model)
+        durations.append(time.perf_counter() - start - sleep_s)
+        return (x - 2) ** 2 + y
+
+    tracker = MlflowStudyCallback(
+        experiment_name="scale",
+        metric_name="loss",
+        tracking_uri=uri,
+        synchronous=False,
+        verbose=0,
+        reports=False,
+        close_timeout=600,
+    )
+    optimizer = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    loop_start = time.perf_counter()
+    optimizer.optimize(tracker.track(objective), n_trials=n, callbacks=[tracker])
+    loop = time.perf_counter() - loop_start
+    close_start = time.perf_counter()
+    tracker.close()
+    close = time.perf_counter() - close_start
+    first = sum(durations[:1000]) / 1000 * 1000
+    last = sum(durations[-1000:]) / 1000 * 1000
+    return {
+        "loop_s": loop,
+        "first_ms": first,
+        "last_ms": last,
+        "close_s": close,
+        "rss_mb": _rss_mb(),
+        "imports_mb": from_imports,
+        "study": tracker.study_run_id or "",
+    }
+
+
+READERS = {
+    "show": "from click.testing import CliRunner\nfrom mlflow_hpo.cli import cli\n"
+    "out = CliRunner().invoke(cli, ['show', STUDY, '--tracking-uri', URI])\n"
+    "assert out.exit_code == 0, out.output",
+    "promote_best": "from mlflow_hpo.registry import promote_best\n"
+    "promote_best(STUDY, 'scale-best', tracking_uri=URI)",
+    "reports": "from mlflow_hpo.reports import write_reports\n"
+    "write_reports(STUDY, tracking_uri=URI)",
+}
+
+
+def reader(name: str, uri: str, study_run: str) -> tuple[float, float]:
+    """Seconds and peak MB of one reader, in a fresh process (imports not timed)."""
+    code = (
+        "import json, resource, time, warnings\nwarnings.filterwarnings('ignore')\n"
+        f"URI, STUDY = {uri!r}, {study_run!r}\n"
+        "import mlflow_hpo.cli, mlflow_hpo.registry, mlflow_hpo.reports, optuna, plotly\n"
+        "import matplotlib.pyplot\nstart = time.perf_counter()\n"
+        f"{READERS[name]}\n"
+        "print(json.dumps([time.perf_counter() - start,"
+        " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900
+    )
+    seconds, mb = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(seconds), float(mb)
+
+
+def _target(label: str, value: float, target: float, unit: str = "") -> None:
+    verdict = "met" if value <= target else "NOT MET"
+    print(f"   {label:44s} {value:9.2f}{unit}   target <= {target:g}{unit}   {verdict}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--sleep-ms", type=float, default=20.0)
+    parser.add_argument("--burst", type=int, default=2_000)
+    parser.add_argument("--floor", type=int, default=1_000)
+    args = parser.parse_args()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{os.cpu_count()} cores, load average {load:.2f} at start")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_HPO_HOME"] = os.path.join(tmp, "home")
+        uri = f"sqlite:///{os.path.join(tmp, 'scale.db')}"
+        from mlflow import MlflowClient
+
+        MlflowClient(uri).search_experiments()  # the schema, outside every timing
+        floor = raw_floor(uri, args.floor)
+        ours = burst(uri, args.burst)
+        print(f"1-2. writer throughput: raw client loop {floor:.1f} trials/s, "
+              f"mlflow-hpo {ours:.1f} trials/s")  # fmt: skip
+        _target("raw floor / mlflow-hpo writer", floor / ours, 1.2, "x")
+        result = study(uri, args.trials, args.sleep_ms / 1000)
+        print(f"3. {args.trials} trials of {args.sleep_ms:g} ms, non-blocking, "
+              f"loop {result['loop_s']:.1f} s")  # fmt: skip
+        print(f"   per-trial cost: first 1000 {result['first_ms']:.3f} ms, "
+              f"last 1000 {result['last_ms']:.3f} ms")  # fmt: skip
+        _target("last 1000 / first 1000", result["last_ms"] / result["first_ms"], 1.1, "x")
+        _target("close (s)", result["close_s"], 10.0)
+        print(f"   imports alone (mlflow, optuna, scikit-learn): {result['imports_mb']:.0f} MB")
+        _target("peak RSS (MB)", result["rss_mb"], 300.0)
+        print("4. readers of the study, each in a fresh process")
+        for name, target in (("show", 3.0), ("promote_best", 3.0), ("reports", 10.0)):
+            seconds, mb = reader(name, uri, result["study"])
+            _target(f"{name} (s), peak {mb:.0f} MB", seconds, target)
+
+
+if __name__ == "__main__":
+    main()
