@@ -165,16 +165,16 @@ def open_parent(
     made up for it): no rival can race for it, so the parent is simply created.
     """
     if not shared:
-        run = client.create_run(experiment_id, tags=batch.tag_dict(tags), run_name=study_name)
-        return run, False
+        made = client.create_run(experiment_id, tags=batch.tag_dict(tags), run_name=study_name)
+        return made, False
     if known_parent_id:
         try:
-            run = client.get_run(known_parent_id)
+            known: Run | None = client.get_run(known_parent_id)
         except MlflowException:
-            run = None
-        if run is not None and run.info.lifecycle_stage == "active":
-            reopen(client, run)
-            return run, True
+            known = None
+        if known is not None and known.info.lifecycle_stage == "active":
+            reopen(client, known)
+            return known, True
     existing = candidates(client, experiment_id, key)
     if existing:
         reopen(client, existing[0])
