@@ -201,7 +201,7 @@ def promote_best(
         only_if_better
         and holder is not None
         and (existing is None or holder.version != existing.version)
-        and not _beats(value, direction, holder)
+        and not _beats(value, objective, direction, holder)
     ):
         # Not better than what the alias holds: register nothing, move nothing.
         held = float(holder.tags.get(names.TAG_VERSION_OBJECTIVE_VALUE, "nan"))
@@ -317,11 +317,27 @@ def _alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         return None
 
 
-def _beats(value: float, direction: str, holder: ModelVersion) -> bool:
-    """Whether ``value`` is strictly better than the value recorded on ``holder``."""
+def _beats(value: float, objective: str, direction: str, holder: ModelVersion) -> bool:
+    """Whether ``value`` is strictly better than the value recorded on ``holder``.
+
+    Raises:
+        ConfigurationError: ``holder`` was chosen by another objective or direction: the
+            two cannot be compared.
+    """
     held = holder.tags.get(names.TAG_VERSION_OBJECTIVE_VALUE)
     if held is None:  # a version not promoted by mlflow-hpo: nothing to compare against
         return True
+    theirs = (
+        holder.tags.get(names.TAG_VERSION_OBJECTIVE),
+        holder.tags.get(names.TAG_VERSION_DIRECTION),
+    )
+    if theirs != (objective, direction):
+        raise ConfigurationError(
+            "only_if_better",
+            f"a study ranked like the version the alias holds ({theirs[0]}, {theirs[1]})",
+            f"a study ranked by {objective} ({direction})",
+            "Promote without only_if_better, or to another model name or alias.",
+        )
     return value > float(held) if direction == "maximize" else value < float(held)
 
 

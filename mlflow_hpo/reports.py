@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -55,6 +56,7 @@ _EXTRA_PARAMS = {names.PARAM_TRIAL_NUMBER, "iter", "n_resources"}
 _STEP_METRICS = (names.METRIC_INTERMEDIATE, names.METRIC_EPOCH_PREFIX + "{o}", "test_{o}")
 _STATES = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL", "KILLED": "FAIL"}
 _DRAWING: set[threading.Thread] = set()
+_ONE_AT_A_TIME = threading.Lock()
 
 
 class ReportHook:
@@ -96,7 +98,8 @@ class ReportHook:
         client, safety, mode = session.client, session.safety, self.mode
 
         def draw() -> None:
-            with safety.guard("writing the study reports"):
+            # One drawing at a time in a process: matplotlib's pyplot is not thread-safe.
+            with _ONE_AT_A_TIME, safety.guard("writing the study reports"):
                 write_for_run(client, client.get_run(run_id), mode)
 
         thread = threading.Thread(target=_drawing(draw), name="mlflow-hpo-reports", daemon=True)
@@ -154,21 +157,24 @@ def write_for_run(client: MlflowClient, parent: Run, mode: str = "html") -> list
         import plotly  # noqa: F401
     except ImportError as error:
         raise MissingExtraError("optuna and plotly", "reports") from error
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's matplotlib charts are marked experimental: say nothing about it, narrowly
+    # (a catch_warnings() here would silence every warning of every thread meanwhile).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study, exceptions = _study(client, parent)
     written: list[str] = []
     figures: list[tuple[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="mlflow-hpo-reports-") as tmp:
+    # Not a TemporaryDirectory: its cleanup at interpreter exit would run before the exit
+    # handler that waits for a drawing still in progress.
+    tmp = tempfile.mkdtemp(prefix="mlflow-hpo-reports-")
+    try:
         for name, (interactive, static) in _charts(study, exceptions).items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning, empty plots
-                try:
-                    figure = interactive()
-                    axes = static()
-                except (ValueError, RuntimeError, ZeroDivisionError) as error:
-                    _note(tmp, name, error)
-                    written.append(f"reports/{name}.txt")
-                    continue
+            try:
+                figure = interactive()
+                axes = static()
+            except (ValueError, RuntimeError, ZeroDivisionError) as error:
+                _note(tmp, name, error)
+                written.append(f"reports/{name}.txt")
+                continue
             image = axes.figure if hasattr(axes, "figure") else axes[0].figure
             _save_png(image, os.path.join(tmp, f"{name}.png"))
             _close(image)
@@ -182,6 +188,8 @@ def write_for_run(client: MlflowClient, parent: Run, mode: str = "html") -> list
             _page(tmp, parent, figures, cdn=mode == "cdn")
             written.append(f"reports/{PAGE}")
         client.log_artifacts(parent.info.run_id, tmp, "reports")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return written
 
 
@@ -251,7 +259,7 @@ def _charts(study: Any, exceptions: Counter[str]) -> dict[str, tuple[Callable[[]
             lambda: png.plot_parallel_coordinate(best),
         ),
         "intermediate_values": (
-            lambda: html.plot_intermediate_values(best),
+            lambda: html.plot_intermediate_values(_with_steps(best)),
             lambda: png.plot_intermediate_values(best),
         ),
         "output_exceptions": (
@@ -259,6 +267,13 @@ def _charts(study: Any, exceptions: Counter[str]) -> dict[str, tuple[Callable[[]
             lambda: _exceptions_png(exceptions, n_trials),
         ),
     }
+
+
+def _with_steps(study: Any) -> Any:
+    """``study``, if one of its trials reported per-step values (else there is no chart)."""
+    if not any(t.intermediate_values for t in study.trials):
+        raise ValueError("no trial reported per-step values (trial.report, epochs, folds)")
+    return study
 
 
 def _best(study: Any, keep: int) -> Any:

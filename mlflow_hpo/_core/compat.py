@@ -5,7 +5,7 @@ documented function that names what it reads and the versions it was checked on,
 new release breaks one function (and ``tests/test_compat.py``), not a backend silently.
 
 Checked on: Python 3.11.7, mlflow 3.17.2, optuna 5.0.0, keras-tuner 1.4.8,
-scikit-learn 1.9.1.
+scikit-learn 1.9.1, hyperopt 0.3.0.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ CHECKED_ON = {
     "optuna": "5.0.0",
     "keras-tuner": "1.4.8",
     "scikit-learn": "1.9.1",
+    "hyperopt": "0.3.0",
 }
 
 # --------------------------------------------------------------------------- MLflow
@@ -65,6 +66,15 @@ def default_experiment_id() -> str:
     from mlflow.tracking import fluent
 
     return str(fluent._get_experiment_id())
+
+
+def after_import(module_name: str, hook: Any) -> None:
+    """Call ``hook(module)`` once ``module_name`` is imported (at once if it is already):
+    MLflow's post-import hooks (``mlflow.utils.import_hooks``), which its autologging uses
+    to patch a library imported after ``autolog()``."""
+    from mlflow.utils.import_hooks import register_post_import_hook
+
+    register_post_import_hook(hook, module_name, overwrite=True)
 
 
 # --------------------------------------------------------------------------- Optuna
@@ -185,6 +195,15 @@ def user_stacklevel() -> int:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return 2
+
+
+# ----------------------------------------------------------------------- Hyperopt
+
+
+def hyperopt_documents(trials: Any) -> list[Any]:
+    """Every trial document of a ``hyperopt.Trials``, those of evaluations that raised
+    included: ``Trials.trials`` leaves those out, ``Trials._dynamic_trials`` keeps them."""
+    return list(getattr(trials, "_dynamic_trials", trials.trials))
 
 
 # --------------------------------------------------------------------- scikit-learn

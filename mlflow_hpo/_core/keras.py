@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from mlflow_hpo._core import compat
 from mlflow_hpo._core.safety import warn
 from mlflow_hpo._core.trial import TrialRun, current_trial
 
@@ -46,10 +47,16 @@ def unregister(handle: TrialRun) -> None:
 
 
 def want() -> None:
-    """A tracker that captures ``fit`` opens (installed on the first trial with Keras)."""
+    """A tracker that captures ``fit`` opens: ``fit`` is wrapped now if Keras is imported,
+    else as soon as it is (an objective may import Keras itself)."""
     global _WANTED
     with _LOCK:
         _WANTED += 1
+    compat.after_import("keras", _on_keras_import)
+
+
+def _on_keras_import(module: Any) -> None:
+    install()
 
 
 def release() -> None:

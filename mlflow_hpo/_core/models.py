@@ -54,6 +54,7 @@ class ModelPolicy:
         # top k: a heap of (sign * value, -order, key) whose root is the worst kept trial
         self._top: list[tuple[float, int, str]] = []
         self._refs: dict[str, str] = {}  # trial key -> run ref of a kept model (top k)
+        self._keys: set[str] = set()  # every trial accounted for (a key counts once)
         self._seen = 0
         self._lock = threading.Lock()
 
@@ -71,6 +72,9 @@ class ModelPolicy:
 
     def _record(self, key: str, values: list[float]) -> bool:
         """Account for a completed trial; return whether the policy would keep its model."""
+        if key in self._keys:
+            return False  # seen already (a resumed study's trial, written again)
+        self._keys.add(key)
         self._seen += 1
         if len(self.directions) > 1:
             if any(dominates(f, values, self.directions) for f in self._front):

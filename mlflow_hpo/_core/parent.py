@@ -158,11 +158,14 @@ def open_parent(
     known_parent_id: str | None,
     tags: dict[str, Any],
     shared: bool = True,
+    settle: bool = True,
 ) -> tuple[Run, bool]:
     """Return ``(parent_run, reused)``; a reused parent is set back to RUNNING.
 
     ``shared=False``: a study only this process can know (an in-memory study, with a key
     made up for it): no rival can race for it, so the parent is simply created.
+    ``settle=False``: a study that may be resumed but never by two processes at once: it is
+    looked for, and created without waiting for rivals.
     """
     if not shared:
         made = client.create_run(experiment_id, tags=batch.tag_dict(tags), run_name=study_name)
@@ -181,7 +184,7 @@ def open_parent(
         return existing[0], True
     mine = client.create_run(experiment_id, tags=batch.tag_dict(tags), run_name=study_name)
     winner = candidates(client, experiment_id, key)[0]
-    if winner.info.run_id == mine.info.run_id:
+    if winner.info.run_id == mine.info.run_id and settle:
         # A rival that searched before we created may be creating right now, with the same
         # millisecond (and a smaller id) or a clock a little behind ours: look once more
         # after it has had time to appear. Every worker applies the same rule, so all of

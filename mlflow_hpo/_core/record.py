@@ -107,6 +107,9 @@ def final_ops(
         tags = {}
     metrics = [batch.metric(k, v, 0, end_ms) for k, v in result.values.items()]
     for name, points in result.histories.items():
+        last = handle.live_steps.get(batch.key(name))
+        if last is not None and [s for s, _ in points] == [0]:
+            points = [(last, points[0][1])]  # a final value: at the end of its live history
         metrics.extend(batch.history(name, points))
     params = {**result.params, **result.extra_params}
     if not plain:

@@ -131,8 +131,12 @@ class StudySession:
         objective_names: list[str] | None = None,
         tags: dict[str, Any] | None = None,
         experiment_id: str | None = None,
+        exclusive: bool = False,
     ) -> str | None:
         """Start a session of the study: its journal, writer and study run (idempotent).
+
+        ``exclusive``: no other process can open this study key at the same time (a key made
+        up for one object), so its study run needs no race with rivals.
 
         Waits for the store (bounded); a store that is down leaves the study run to the
         writer, and trials are journalled meanwhile.
@@ -161,6 +165,7 @@ class StudySession:
             self._start_writer()
             assert self.writer is not None
             open_op = self._open_op(study_name, known_parent_id, tags or {}, experiment_id)
+            open_op.payload["settle"] = not exclusive
             self.writer.submit([open_op], wait=False)
             self.writer.wait([open_op], WAIT_CAP)
             if isinstance(open_op.result, ConfigurationError):

@@ -98,6 +98,7 @@ class Store:
             known_parent_id=p.get("known_parent_id"),
             tags=tags,
             shared=p.get("shared", True) or op.attempts > 1,  # a replay looks first
+            settle=p.get("settle", True),
         )
         # A reused parent may live in another experiment: its children go where it is.
         self.experiment_id = str(run.info.experiment_id)

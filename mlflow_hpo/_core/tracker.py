@@ -10,6 +10,7 @@ explicit ``MlflowClient`` and run ids (see ``session``, ``writer`` and ``store``
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 from mlflow.entities import Run
@@ -119,6 +120,9 @@ class StudyTracker(StudySession):
             (f"{names.METRIC_EPOCH_PREFIX}{k}" if batch.key(k) in self.objective_names else k): v
             for k, v in values.items()
         }
+        for name in renamed:  # a final value of the same name joins this history's end
+            key = batch.key(name)
+            handle.live_steps[key] = max(step, handle.live_steps.get(key, 0))
         with handle.lock:
             ops = [*self._create(handle), record.live_op(handle, renamed, step)]
         self.writer.submit(ops, wait=False)
@@ -258,7 +262,8 @@ class StudyTracker(StudySession):
         keyed = {batch.key(k): float(v) for k, v in result.values.items()}
         values = [keyed[n] for n in self.objective_names if n in keyed]
         if len(values) == len(self.objective_names):
-            return values
+            # A NaN objective is logged as it is, but ranks nothing and keeps no model.
+            return [] if any(math.isnan(v) for v in values) else values
         if not quiet and not self._missing_objective_warned:
             self._missing_objective_warned = True
             warn(
