@@ -18,6 +18,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
+from mlflow_hpo._core import compat
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -34,6 +36,9 @@ def _isolated_and_no_leaks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
     monkeypatch.setenv("MLFLOW_HPO_REPORTS", "0")
     monkeypatch.chdir(tmp_path)
     yield
+    chosen = compat.active_experiment_id()  # a test's own mlflow.set_experiment
+    if chosen is not None:
+        compat.clear_active_experiment(chosen)
     leaked = mlflow.active_run()
     while mlflow.active_run() is not None:
         mlflow.end_run()

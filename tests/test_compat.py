@@ -7,6 +7,7 @@ only as "nothing logged, one warning".
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -43,10 +44,13 @@ def test_mlflow_active_run_stack_and_experiments(client: MlflowClient, tracking_
     compat.pop_active_run(active)  # popping again is harmless
     assert compat.default_experiment_id() == "0"
     mlflow.set_experiment("compat")
-    try:
-        assert compat.active_experiment_id() == run.info.experiment_id
-    finally:
-        mlflow.set_experiment(experiment_id="0")
+    assert compat.active_experiment_id() == run.info.experiment_id
+    assert os.environ["MLFLOW_EXPERIMENT_ID"] == run.info.experiment_id
+    compat.clear_active_experiment("0")  # not the active one: nothing changes
+    assert compat.active_experiment_id() == run.info.experiment_id
+    compat.clear_active_experiment(run.info.experiment_id)
+    assert compat.active_experiment_id() is None and "MLFLOW_EXPERIMENT_ID" not in os.environ
+    assert compat.default_experiment_id() == "0"
     client.set_terminated(run.info.run_id)
 
 

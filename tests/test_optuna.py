@@ -507,3 +507,31 @@ def test_non_blocking_trials_csv_has_every_run_id(client: MlflowClient, tracking
     parent, trials = study_runs(client, "exp")
     rows = csv.DictReader(io.StringIO(_artifact(client, parent.info.run_id, names.ARTIFACT_TRIALS)))
     assert sorted(row["run_id"] for row in rows) == sorted(t.info.run_id for t in trials)
+
+
+def test_the_studys_experiment_choice_lasts_until_it_closes(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        with mlflow.start_run(run_name=f"inner-{trial.number}", nested=True):
+            mlflow.log_metric("inner", 1.0)
+        return trial.suggest_float("x", 0, 1)
+
+    with MlflowStudyCallback() as tracker:
+        optuna.create_study(study_name="first").optimize(
+            tracker.track(objective), n_trials=2, callbacks=[tracker]
+        )
+    runs = all_runs(client, "first")  # the objective's own runs land beside their trials
+    assert sorted(r.info.run_name for r in runs if r.info.run_name.startswith("inner")) == [
+        "inner-0",
+        "inner-1",
+    ]
+    with mlflow.start_run() as after:  # the process's own choice again: the Default one
+        pass
+    assert after.info.experiment_id == "0"
+    with MlflowStudyCallback() as tracker:  # not the first study's experiment
+        optuna.create_study(study_name="second").optimize(
+            tracker.track(objective), n_trials=1, callbacks=[tracker]
+        )
+    assert len(all_runs(client, "second")) == 3
+    assert len(all_runs(client, "first")) == 5

@@ -61,6 +61,20 @@ def active_experiment_id() -> str | None:
     return str(value) if value is not None else None
 
 
+def clear_active_experiment(experiment_id: str) -> None:
+    """Undo ``mlflow.set_experiment(experiment_id=...)`` if that experiment is still the
+    active one: no experiment chosen in this process again (``_active_experiment_id``, and
+    the ``MLFLOW_EXPERIMENT_ID`` variable it sets for child processes)."""
+    from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
+    from mlflow.tracking import fluent
+
+    if str(fluent._active_experiment_id) != str(experiment_id):
+        return
+    fluent._active_experiment_id = None
+    if MLFLOW_EXPERIMENT_ID.get() == str(experiment_id):
+        MLFLOW_EXPERIMENT_ID.unset()
+
+
 def default_experiment_id() -> str:
     """The experiment a plain ``mlflow.start_run()`` would use (MLflow's own resolution)."""
     from mlflow.tracking import fluent

@@ -13,14 +13,16 @@ A trial whose writer is alive is left to it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from mlflow_hpo._core import journal, names, parent
 from mlflow_hpo._core.store import Store
+from mlflow_hpo._core.study import TrialRecord
 from mlflow_hpo._core.trial import TrialResult
 
 REASON_OWNER_GONE = "its writer ({owner}) ended without ending the run"
@@ -29,10 +31,16 @@ REASON_FROM_LIBRARY = "written from the tuning library's record when the study w
 
 @dataclass
 class StoredRun:
+    """What the store holds of a trial of a reopened study."""
+
     run_id: str
     status: str
     owner_gone: bool = False
     has_model: bool = False
+    number: int = 0
+    state: str | None = None  # mlflow_hpo.state
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
 
 
 def on_resume(client: MlflowClient, store: Store, study_run: Run) -> dict[str, StoredRun]:
@@ -46,15 +54,35 @@ def on_resume(client: MlflowClient, store: Store, study_run: Run) -> dict[str, S
             continue
         run_id = str(child.info.run_id)
         store.remember(f"trial:{key}", run_id)
+        number = child.data.params.get(names.PARAM_TRIAL_NUMBER)
         entry = StoredRun(
-            run_id, child.info.status, has_model=names.TAG_MODEL_URI in child.data.tags
+            run_id,
+            child.info.status,
+            has_model=names.TAG_MODEL_URI in child.data.tags,
+            number=int(float(number)) if number is not None else 0,
+            state=child.data.tags.get(names.TAG_STATE),
+            metrics=dict(child.data.metrics),
+            params={k: v for k, v in child.data.params.items() if k != names.PARAM_TRIAL_NUMBER},
         )
         owner = child.data.tags.get(names.TAG_OWNER)
         if entry.status == "RUNNING" and owner and not journal.owner_alive(owner):
             end_orphan(client, run_id, owner)
-            entry.status, entry.owner_gone = "KILLED", True
+            entry.status, entry.owner_gone, entry.state = "KILLED", True, names.STATE_KILLED
         stored[key] = entry
     return stored
+
+
+def record_of(key: str, stored: StoredRun, objectives: list[str]) -> TrialRecord:
+    """The study model's record of a trial an earlier session wrote."""
+    values = [stored.metrics[o] for o in objectives if o in stored.metrics]
+    complete = stored.state == names.STATE_COMPLETE and len(values) == len(objectives)
+    return TrialRecord(
+        key,
+        stored.number,
+        stored.state or names.STATE_KILLED,
+        values if complete and not any(math.isnan(v) for v in values) else [],
+        dict(stored.params),
+    )
 
 
 def end_orphan(client: MlflowClient, run_id: str, owner: str) -> None:

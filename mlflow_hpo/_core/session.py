@@ -94,6 +94,7 @@ class StudySession:
         self._quiet = False
         self._logged: set[str] = set()  # trial keys with a finished run in the store
         self.stored_runs: dict[str, reconcile.StoredRun] = {}  # a resumed study's runs
+        self._chose_experiment = False  # mlflow.set_experiment was ours (undone at close)
         # MLflow's active run is per thread: capture the caller's now, because the study may
         # be opened later from a worker thread that has no active run of its own.
         self.enclosing_run_id = parent.enclosing_run_id()
@@ -271,12 +272,17 @@ class StudySession:
         self.experiment_id = result["experiment_id"]
         self.parent = result.get("run")
         if compat.active_experiment_id() is None and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            # mlflow.start_run(nested=True) in an objective then lands beside its trial run.
+            # mlflow.start_run(nested=True) in an objective then lands beside its trial run
+            # (until the study closes: the process's choice is undone then).
             mlflow.set_experiment(experiment_id=self.experiment_id)
+            self._chose_experiment = True
         if result.get("reused") and self.parent is not None and self.store is not None:
             with self.safety.guard("reading the study's existing trial runs"):
                 self.stored_runs = reconcile.on_resume(self.client, self.store, self.parent)
                 self._logged |= {k for k, v in self.stored_runs.items() if v.status != "RUNNING"}
+                for key, stored in self.stored_runs.items():  # the summary counts them too
+                    if stored.status != "RUNNING":
+                        self.study.add(reconcile.record_of(key, stored, self.objective_names))
 
     # ------------------------------------------------------------------ summary
     def summarize(
@@ -373,6 +379,9 @@ class StudySession:
                 keras.release()
             if self._quiet:
                 quiet_urls(False)
+            if self._chose_experiment and self.experiment_id is not None:
+                self._chose_experiment = False
+                compat.clear_active_experiment(self.experiment_id)
             self._finish_writer(writer)
 
     def _end_open_trials(self) -> None:

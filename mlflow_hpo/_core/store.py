@@ -141,6 +141,10 @@ class Store:
             tags=[RunTag(k, v) for k, v in p.get("tags", [])],
         )
 
+    def _do_reopen(self, op: Op) -> None:
+        """A trial runs again under its run (its search resumed it): RUNNING again."""
+        self.client.update_run(self.run_id(op.ref), status="RUNNING")
+
     def _do_terminate(self, op: Op) -> None:
         p = op.payload
         self.client.set_terminated(self.run_id(op.ref), p["status"], p.get("end_time"))

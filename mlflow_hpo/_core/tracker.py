@@ -127,6 +127,18 @@ class StudyTracker(StudySession):
             ops = [*self._create(handle), record.live_op(handle, renamed, step)]
         self.writer.submit(ops, wait=False)
 
+    def resume_trial(self, key: str, number: int, start_ms: int | None = None) -> TrialRun:
+        """The handle of trial ``key`` that already has a run (ended by an interrupt, say)
+        and runs again under the same key: its run is set back to RUNNING and continues."""
+        with self._lock:
+            self._logged.discard(key)
+            self._handles.pop(key, None)
+        handle = self.trial(key, number, start_ms)
+        if self.store is not None and self.writer is not None and self.store.ready(handle.ref):
+            handle.created = True
+            self.writer.submit([journal.Op(handle.ref, "reopen", {})], wait=False)
+        return handle
+
     def log_params(self, handle: TrialRun, params: dict[str, Any]) -> None:
         """Log a running trial's params now (a scikit-learn candidate's first fold)."""
         if not self.active or handle.finished or self.writer is None:
@@ -162,14 +174,7 @@ class StudyTracker(StudySession):
         values = self._objective_values(result)
         improved = self.study.add(self._record(handle.key, handle.number, result, values))
         self.progress.trial_done(values[0] if values else None, self.objective_names[0])
-        keep = False
-        with self.safety.guard("choosing whether to log the model"):
-            has_model = handle.model is not None or handle.model_loader is not None
-            keep = bool(values) and has_model and self.policy.decide(handle.key, values)
-            if keep and handle.model_loader is not None:
-                # Loaded here, in the tuning thread: Keras Tuner's load_model calls
-                # keras.backend.clear_session(), which must not run beside a build.
-                handle.model = handle.model_loader()
+        keep = self._keep_model(handle, values)
         with handle.lock:
             ops = record.final_ops(
                 handle,
@@ -184,13 +189,15 @@ class StudyTracker(StudySession):
             with self.safety.guard(f"describing the data of trial {handle.number}"):
                 ops[-1:-1] = self._dataset_ops(handle)
         if keep:
-            with self.safety.guard(f"saving the model of trial {handle.number}"):
+            try:
                 objective = dict(zip(self.objective_names, values, strict=False))
                 # Uploaded before the run ends: a FINISHED run shows its model.
                 ops[-1:-1] = model_ops(self, handle, objective, result.params, self._evaluated_on)
                 self._models.add(handle.key)
                 evicted = self.policy.kept(handle.key, handle.ref)
                 ops += [journal.Op(ref, "delete_model", {}) for ref in evicted]
+            except Exception as error:  # the trial's record is written all the same
+                self._model_failed(handle, error)
         handle.model = handle.model_loader = None
         self.writer.submit(ops)
         self._logged.add(handle.key)
@@ -199,6 +206,32 @@ class StudyTracker(StudySession):
         for hook in self.hooks:
             with self.safety.guard("refreshing the study reports"):
                 hook.on_trial(self)
+
+    def _keep_model(self, handle: TrialRun, values: list[float]) -> bool:
+        """Whether the policy keeps this trial's model, loaded now if it has a loader."""
+        has_model = handle.model is not None or handle.model_loader is not None
+        if not values or not has_model or not self.policy.decide(handle.key, values):
+            return False
+        if handle.model_loader is not None:
+            # Loaded here, in the tuning thread: Keras Tuner's load_model calls
+            # keras.backend.clear_session(), which must not run beside a build.
+            try:
+                handle.model = handle.model_loader()
+            except Exception as error:
+                self._model_failed(handle, error)
+                return False
+        return handle.model is not None
+
+    def _model_failed(self, handle: TrialRun, error: BaseException) -> None:
+        """A model that cannot be loaded or saved is a counted warning, never an error, and
+        never the loss of the trial's record."""
+        self.safety.count()
+        if self.safety.strict:
+            raise error
+        warn(
+            f"mlflow-hpo: saving the model of trial {handle.number} failed "
+            f"({type(error).__name__}: {error}); the trial is logged without it."
+        )
 
     def _dataset_ops(self, handle: TrialRun) -> list[journal.Op]:
         """The trial's dataset inputs, and those the study run does not list yet."""
@@ -307,9 +340,10 @@ class StudyTracker(StudySession):
             return [h for h in self._handles.values() if not h.finished]
 
     def interrupt_open_trials(self, state: str = names.STATE_KILLED) -> None:
-        """End every trial this process started but never finished (an interrupted run)."""
+        """End every trial this process started but never finished (an interrupted run),
+        with the params it was started with."""
         for handle in self.open_handles():
-            self.finish(handle, TrialResult(state=state))
+            self.finish(handle, TrialResult(state=state, params=dict(handle.params)))
 
     def _end_open_trials(self) -> None:
         self.interrupt_open_trials()

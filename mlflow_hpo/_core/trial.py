@@ -74,6 +74,7 @@ class TrialRun:
         self.start_ms = start_ms
         self.ref = f"trial:{key}"
         self.output_exceptions: list[str] = []
+        self.params: dict[str, Any] = {}  # known when it started (for an interrupted end)
         self.model: Any = None
         # Produces the model only if the policy keeps it (e.g. Keras Tuner's best checkpoint).
         self.model_loader: Callable[[], Any] | None = None

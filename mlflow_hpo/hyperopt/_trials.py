@@ -335,6 +335,7 @@ class MlflowTrials(Trials, StudyHandle):
             def note(config: Any) -> None:
                 with tracker.safety.guard(f"reading the params of trial {handle.number}"):
                     found["params"], found["extra"] = _convert.params(space, spec, config)
+                    handle.params = dict(found["params"])
 
             keras.register(handle, tracker.log_live, tracker.policy.enabled)
             try:

@@ -148,6 +148,7 @@ class MlflowTunerMixin(StudyHandle):
         if not self._mlflow.active:
             return
         handle = self._mlflow.trial(self._mlflow_key(trial), int(trial.trial_id))
+        handle.params = _convert.active_values(trial)
         handle.datasets = list(self._mlflow_data)
         if self._mlflow_example is not None:
             handle.input_example = self._mlflow_example

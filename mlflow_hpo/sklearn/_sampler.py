@@ -138,6 +138,7 @@ class _Loop:
 
     def _start(self, params: dict[str, Any]) -> SamplerTrial:
         handle = self.tracker.trial(str(self.number), self.number, batch.now_ms())
+        handle.params = dict(params)
         trial = SamplerTrial(self.tracker, handle, params)
         self.number += 1
         stack = ExitStack()
