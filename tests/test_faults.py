@@ -158,8 +158,10 @@ def test_a_store_down_past_close_is_written_by_mlflow_hpo_sync(
             command = [sys.executable, "-m", "mlflow_hpo", "sync", key, "--timeout", "3"]
             still_down = subprocess.run(command, capture_output=True, text=True, timeout=120)
             assert still_down.returncode == 1 and "NOT DONE" in still_down.stdout
+            assert "closed database" not in still_down.stderr  # it stopped its writes first
 
             server.start()
+            command[-1] = "120"  # the store is back: give it time to take everything
             synced = subprocess.run(command, capture_output=True, text=True, timeout=300)
             assert synced.returncode == 0, synced.stdout + synced.stderr
             client = MlflowClient(server.url)

@@ -58,10 +58,11 @@ def sync_one(path: Path, tracking_uri: str | None, timeout: float) -> SyncResult
         study_run = client.get_run(store.run_id(STUDY))
         runs = reconcile.on_resume(client, store, study_run)
         ended = sum(1 for r in runs.values() if r.owner_gone)
-    writer.close(0.0)
+    stopped = writer.close(0.0) or writer.halt(grace=30.0)
     counts = jour.counts()
     errors = [redact(e) for e in jour.dead_errors()]
-    jour.close()
+    if stopped:  # else a write still in flight uses it until the process exits
+        jour.close()
     return SyncResult(path, key, taken, counts["pending"], counts["dead"], ended, errors)
 
 

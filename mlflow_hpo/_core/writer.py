@@ -90,6 +90,7 @@ class Writer:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._halted = False  # stop after the write in flight, leaving the rest journalled
         self._pause_until = 0.0
         self._failures = 0
         self._in_outage = False
@@ -193,6 +194,19 @@ class Writer:
                     self.journal.prune()
         return drained
 
+    def halt(self, grace: float) -> bool:
+        """Stop writing: the writes in flight finish (within ``grace`` seconds), the rest
+        stay in the journal for the next writer. ``True`` if every thread has stopped, after
+        which the journal may be closed."""
+        with self._cond:
+            self._halted = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+        return not self._threads
+
     def _raise_deferred(self) -> None:
         error, self._deferred = self._deferred, None
         if error is not None:
@@ -228,7 +242,7 @@ class Writer:
             with self._cond:
                 op = None
                 while op is None:
-                    if self._stopping and not self._queue:
+                    if self._halted or (self._stopping and not self._queue):
                         return
                     wait = self._pause_until - time.monotonic()
                     if wait > 0:
