@@ -135,3 +135,14 @@ def test_optuna_and_promote_entry_points(tmp_path: Path) -> None:
     )
     version = client.get_model_version_by_alias("from-project", "champion")
     assert version.tags["mlflow_hpo.study_run_id"] == study.info.run_id
+
+
+def test_ray_entry_point_nests_the_experiment_under_the_project_run(tmp_path: Path) -> None:
+    client, _ = _mlflow_run(tmp_path, "ray", "ray-project", num_samples=2, max_epochs=1)
+    (study,) = _studies(client, "ray-project")
+    assert study.data.tags["mlflow_hpo.backend"] == "ray_tune"
+    trials = [
+        r for r in all_runs(client, "ray-project") if r.data.tags.get("mlflow_hpo.role") == "trial"
+    ]
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
+    assert all(t.data.tags["mlflow.parentRunId"] == study.info.run_id for t in trials)
