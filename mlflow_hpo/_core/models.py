@@ -176,7 +176,14 @@ def signature_of(flavor: Any, model: Any, example: Any) -> Any:
     from mlflow.models import infer_signature
 
     if flavor.__name__ == "mlflow.keras":
-        return infer_signature(example, model.predict_on_batch(example))
+        import keras
+
+        # An eager call: predict() would trace a new tf.function for every model saved,
+        # and TensorFlow warns about "retracing" from the fifth one on.
+        output = keras.tree.map_structure(
+            keras.ops.convert_to_numpy, model(example, training=False)
+        )
+        return infer_signature(example, output)
     return infer_signature(example, model.predict(example))
 
 
