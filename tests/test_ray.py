@@ -279,6 +279,8 @@ def test_checkpointed_model_is_logged_promoted_and_loaded(
 @pytest.mark.parametrize(
     ("arguments", "argument"),
     [
+        ({"experiment_name": "digits"}, "metric"),  # Tune does not tell callbacks
+        ({"metric": "score"}, "mode"),
         ({"metric": "", "mode": "max"}, "metric"),
         ({"metric": "score", "mode": "maximize"}, "mode"),
         ({"metric": "score", "mode": "max", "max_t": 0}, "max_t"),

@@ -92,17 +92,23 @@ class MlflowTuneCallback(tune.Callback, StudyHandle):
 
     def __init__(
         self,
-        metric: str,
-        mode: str,
+        metric: str | None = None,
+        mode: str | None = None,
         *,
         max_t: float | None = None,
         time_attr: str = "training_iteration",
         param_space: Mapping[str, Any] | None = None,
         **options: Unpack[TrackingOptions],
     ) -> None:
+        fix = (
+            "Tune does not tell callbacks what it optimises: give the TuneConfig's metric and "
+            'mode again, e.g. MlflowTuneCallback("val_accuracy", "max", ...).'
+        )
+        if metric is None:
+            raise ConfigurationError("metric", "the metric of TuneConfig(metric=...)", None, fix)
         self._metric = str(name_string("metric", metric, allow_none=False))
         if not isinstance(mode, str) or mode not in _MODES:
-            raise ConfigurationError("mode", '"max" or "min" (as in TuneConfig)', mode)
+            raise ConfigurationError("mode", '"max" or "min" (as in TuneConfig)', mode, fix)
         self._mode = mode
         number = isinstance(max_t, int | float) and not isinstance(max_t, bool)
         if max_t is not None and not (number and math.isfinite(max_t) and max_t > 0):
