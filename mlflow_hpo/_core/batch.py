@@ -8,6 +8,7 @@ user reading the UI knows it is not the whole value; the full typed values alway
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -40,7 +41,12 @@ def key(name: str) -> str:
     their start stay two keys (MLflow refuses ``[`` and ``]`` in keys, so the value marker
     cannot be used here).
     """
-    text = str(name)
+    return _key(str(name))
+
+
+@functools.lru_cache(maxsize=8192)  # the same few names, every trial
+def _key(name: str) -> str:
+    text = name
     if not validation.validate_param_and_metric_name(text):
         text = _BAD_KEY_CHARS.sub("_", text)
     if validation.path_not_unique(text):
@@ -48,7 +54,7 @@ def key(name: str) -> str:
     limit = validation.MAX_ENTITY_KEY_LENGTH
     if len(text) <= limit:
         return text
-    digest = hashlib.sha256(str(name).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
     return f"{text[: limit - 13]}...{digest}"
 
 

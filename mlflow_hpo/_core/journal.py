@@ -100,6 +100,7 @@ class Owner:
     """The lock that says a writer is alive, held until :meth:`release` or process exit."""
 
     def __init__(self) -> None:
+        self.worker = f"{socket.gethostname()}-{os.getpid()}"  # the process, as tags name it
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._file: Any = None
         folder = home() / "owners"
@@ -306,6 +307,9 @@ class Journal:
 
     def discard(self) -> None:
         """Delete the file of a study nobody else can write to (a one-process study)."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            # About to be deleted: closing need not make the file durable (no fsync).
+            self._conn.execute("PRAGMA synchronous=OFF")
         self.close()
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):

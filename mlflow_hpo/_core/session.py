@@ -9,7 +9,6 @@ whatever is still waiting is reported once, with the command that writes it.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -341,6 +340,7 @@ class StudySession:
             self._closing = True  # a second close (atexit, a second Ctrl-C) does nothing
         writer = self.writer
         assert writer is not None
+        drained, timeout = False, self.options.close_timeout
         try:
             if before is not None:
                 with self.safety.guard("reading the study's final state"):
@@ -350,27 +350,21 @@ class StudySession:
             self.progress.close()
             ops = []
             if self.nested:
-                ops.append(self._summary_op(True, tags or {}, tables or {}))
-                ops.append(
-                    journal.Op(
-                        STUDY,
-                        "worker_warnings",
-                        {
-                            "needs": STUDY,
-                            "worker": f"{socket.gethostname()}-{os.getpid()}",
-                            "count": self.safety.warning_count,
-                        },
-                    )
-                )
+                worker = writer.owner.worker
+                count = self.safety.warning_count
+                summary_tags = dict(tags or {})
+                if self._ephemeral:  # the only worker: its count is the total (one write)
+                    summary_tags[f"{names.TAG_WORKER_WARNINGS_PREFIX}{worker}"] = count
+                    summary_tags[names.TAG_LOGGING_WARNINGS] = count
+                ops.append(self._summary_op(True, summary_tags, tables or {}))
+                if not self._ephemeral:
+                    payload = {"needs": STUDY, "worker": worker, "count": count}
+                    ops.append(journal.Op(STUDY, "worker_warnings", payload))
                 if end_parent:
                     ops.append(journal.Op(STUDY, "terminate", {"needs": STUDY, "status": status}))
             writer.submit(ops, wait=False)
-            timeout = self.options.close_timeout
-            if writer.flush(timeout):
-                for hook in self.hooks if end_parent else []:
-                    with self.safety.guard("writing the study reports"):
-                        hook.on_close(self, timeout)
-            else:
+            drained = writer.flush(timeout)
+            if not drained:
                 self._report_pending()
         finally:
             self.closed = True
@@ -383,6 +377,11 @@ class StudySession:
                 self._chose_experiment = False
                 compat.clear_active_experiment(self.experiment_id)
             self._finish_writer(writer)
+        # The reports are drawn in the background once the study run has its final status,
+        # after the writer has stopped, so that drawing never competes with the close.
+        for hook in self.hooks if drained and end_parent else []:
+            with self.safety.guard("writing the study reports"):
+                hook.on_close(self, timeout)
 
     def _end_open_trials(self) -> None:
         """Overridden by the tracker: trials this session started end KILLED."""
