@@ -20,6 +20,9 @@ medians are printed with the targets of issue 11:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import statistics
 import sys
@@ -30,12 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow  # it configures its loggers on import; quieted below
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the real-service helpers the tests use
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema/experiment notices
 warnings.filterwarnings("ignore")
 
 REQUESTS = [0]
@@ -67,7 +72,6 @@ def _objective(sleep_s: float) -> Callable[[optuna.Trial], float]:
 
 def run(variant: str, uri: str, n_trials: int, sleep_s: float = 0.0, **extra: Any) -> float:
     """Seconds for ``n_trials`` trials of ``variant`` (the close included)."""
-    import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(uri)
@@ -81,9 +85,15 @@ def run(variant: str, uri: str, n_trials: int, sleep_s: float = 0.0, **extra: An
         from optuna_integration.mlflow import MLflowCallback
 
         callback: Any = MLflowCallback(tracking_uri=uri, metric_name="loss")
-        study.optimize(objective, n_trials=n_trials, callbacks=[callback])
+        with contextlib.redirect_stdout(io.StringIO()):  # its "View run" line per trial
+            study.optimize(objective, n_trials=n_trials, callbacks=[callback])
     elif variant == "raw floor":
-        _raw_loop(MlflowClient(uri), study, objective, n_trials)
+        # The same three calls as mlflow-hpo: no "View run" fetch when a run ends.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        try:
+            _raw_loop(MlflowClient(uri), study, objective, n_trials)
+        finally:
+            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
     else:
         from mlflow_hpo.optuna import MlflowStudyCallback
 
@@ -169,6 +179,7 @@ def part_http(trials: int, rounds: int, workers: int) -> None:
     _target("synchronous / MLflowCallback", ms["mlflow-hpo"] / base, 0.5)
     _target("non-blocking / MLflowCallback", ms["mlflow-hpo non-blocking"] / base, 0.35)
     _target("requests per trial, synchronous", statistics.median(requests["mlflow-hpo"]), 3.5)
+    print(f"   the server's floor (raw loop) / MLflowCallback = {ms['raw floor'] / base:.2f}")
 
 
 def part_slow_objective(rounds: int) -> None:

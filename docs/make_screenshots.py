@@ -5,7 +5,8 @@
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and ``pip install selenium``. It starts
 ``mlflow ui`` on a free loopback port, opens the demo's Keras Tuner study with its trials
-expanded, then the study's parameter-importance report in the artifact viewer, and writes
+expanded, then the study's report page (``reports/study.html``) in the artifact viewer, scrolled
+to its parameter importances, and writes
 ``docs/mlflow-ui-study.png`` and ``docs/mlflow-ui-report.png``.
 """
 
@@ -75,7 +76,7 @@ def main(uri: str, experiment: str = "digits-demo", study: str = "keras_tuner") 
         driver.save_screenshot(str(HERE / "mlflow-ui-study.png"))
         driver.get(
             f"{base}/#/experiments/{experiment_id}/runs/{parent.info.run_id}"
-            "/artifacts/reports/param_importances.html"
+            "/artifacts/reports/study.html"
         )
         time.sleep(8)
         driver.save_screenshot(str(HERE / "mlflow-ui-report.png"))

@@ -250,3 +250,27 @@ def test_cli_show_and_promote(client: MlflowClient, tracking_uri: str, digits) -
     assert "models:/cli-model@champion" in promoted.output
     bad = runner.invoke(cli, ["promote", "missing", "--model-name", "m"])
     assert bad.exit_code != 0 and "experiment_name" in bad.output
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_show_ranks_a_study_larger_than_it_reads_exactly(
+    client: MlflowClient, tracking_uri: str, direction: str
+) -> None:
+    """``show`` narrows a large study to a bound before the store orders it (ordering every
+    run by a metric is slow); the top rows must still be exactly the best trials, ties in
+    trial order."""
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.RandomSampler(3))
+    with MlflowStudyCallback(experiment_name=f"big-{direction}", tracking_uri=tracking_uri) as cb:
+        # Values with many ties, well spread: 0.0 .. 5.0 in steps of 0.5.
+        study.optimize(
+            lambda t: round(t.suggest_float("x", 0, 5) * 2) / 2, n_trials=60, callbacks=[cb]
+        )
+    shown = CliRunner().invoke(
+        cli, ["show", cb.study_run_id, "--top", "4", "--tracking-uri", tracking_uri]
+    )
+    assert shown.exit_code == 0, shown.output
+    numbers = [int(line.split()[0]) for line in shown.output.splitlines()[3:]]
+    sign = 1 if direction == "minimize" else -1
+    expected = sorted(study.trials, key=lambda t: (sign * t.value, t.number))[:4]
+    assert numbers == [t.number for t in expected]
+    assert len({t.value for t in study.trials}) > 1 and len(study.trials) > 8 * 4  # narrowed

@@ -14,6 +14,7 @@ Every user-provided value that goes into a search filter is quoted by :func:`equ
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -260,8 +261,12 @@ def top_trials(
     *,
     finished_only: bool = True,
 ) -> list[Run]:
-    """The ``n`` best trial runs of a study, ranked by the store itself: one search, however
-    many trials the study has. Trials without a (finite) objective value are left out."""
+    """The ``n`` best trial runs of a study, ranked by the store itself. Trials without a
+    (finite) objective value are left out.
+
+    Ordering by a metric costs the store time in proportion to the runs it orders (about 3 s
+    for 10,000 runs on SQLite), so a large study is first narrowed to the trials at least as
+    good as a bound that between ``n`` and ``8n`` of them reach (:func:`_bound`)."""
     from mlflow_hpo._core.study import ranked_runs
 
     maximize = direction == "maximize"
@@ -274,6 +279,72 @@ def top_trials(
     ]
     if finished_only:
         clauses.append(("attributes.status = 'FINISHED'", True))
+    experiment = study_run.info.experiment_id
+    anchor = study_run.data.metrics.get(f"{names.METRIC_BEST_PREFIX}{objective}")
+    bound = _bound(client, experiment, clauses, objective, maximize, max(n, 1), anchor)
+    if bound is not None:
+        clauses.append(bound)
     order = [f"{metric} {'DESC' if maximize else 'ASC'}", "attributes.start_time ASC"]
-    found = search(client, study_run.info.experiment_id, clauses, order_by=order, max_results=n)
+    found = search(client, experiment, clauses, order_by=order, max_results=n)
     return ranked_runs(found[:n], objective, direction)
+
+
+_NARROW = 8  # a narrowed study keeps between n and _NARROW * n candidate trials
+
+
+def _bound(
+    client: MlflowClient,
+    experiment_id: str,
+    clauses: list[tuple[str, bool]],
+    objective: str,
+    maximize: bool,
+    n: int,
+    anchor: float | None,
+) -> tuple[str, bool] | None:
+    """A clause ``metrics.<objective> <= T`` (``>=`` when maximising) that at least ``n``
+    of the runs matching ``clauses`` pass, and at most ``_NARROW * n`` where the values
+    allow; ``None`` when the study is small enough to be ordered whole.
+
+    Any value works as the anchor (the study's ``best_<objective>``, else the best of one
+    page of trials), but the nearer the best, the fewer runs are read: the step from it
+    grows until ``n`` runs pass, then is halved back towards ``_NARROW * n``. The ``n`` best
+    runs always pass a bound that ``n`` runs pass, so the result is exact.
+    """
+    cap = _NARROW * n
+    first = next(pages(client, experiment_id, clauses, max_results=cap + 1), [])
+    if len(first) <= cap:
+        return None
+    values = [r.data.metrics[objective] for r in first if objective in r.data.metrics]
+    if values:  # an anchor worse than a trial at hand (stale, say) would narrow nothing
+        page_best = max(values) if maximize else min(values)
+        if anchor is None or not math.isfinite(anchor) or (anchor < page_best) == maximize:
+            anchor = page_best
+    if anchor is None or not math.isfinite(anchor):
+        return None
+    sign, op = (-1.0, ">=") if maximize else (1.0, "<=")
+
+    def clause(step: float) -> tuple[str, bool]:
+        return f"metrics.`{objective}` {op} {anchor + sign * step!r}", True
+
+    def passing(step: float) -> int:  # how many pass, counted up to cap + 1
+        return len(search(client, experiment_id, [*clauses, clause(step)], max_results=cap + 1))
+
+    low, high = 0.0, max(abs(anchor) * 1e-6, 1e-12)
+    count = passing(high)
+    for _ in range(64):  # x16 per step: from 1e-12 past 1e60
+        if count >= n:
+            break
+        low, high = high, high * 16
+        count = passing(high)
+    else:
+        return None
+    for _ in range(24):
+        if count <= cap:
+            break
+        middle = (low + high) / 2
+        found = passing(middle)
+        if found >= n:
+            high, count = middle, found
+        else:
+            low = middle
+    return clause(high)

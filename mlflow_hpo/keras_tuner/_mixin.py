@@ -258,6 +258,9 @@ class MlflowTunerMixin(StudyHandle):
             directions=_convert.directions(oracle),
             objective_names=_convert.objective_names(oracle),
             tags={names.TAG_KT_TUNER: type(self).__name__, names.TAG_KT_PROJECT_DIR: location},
+            # One process per project directory unless distributed (Keras Tuner's own files
+            # would clash): its study run is looked for, but no rival waited for.
+            exclusive=not compat.keras_tuner_is_distributed(),
         )
         if state_path is not None:
             state["parent_run_id"] = run_id or state.get("parent_run_id")
