@@ -389,7 +389,10 @@ def load_best(
     if "keras" in flavors:
         import mlflow.keras as mlflow_keras
 
-        return mlflow_keras.load_model(uri)
+        from mlflow_hpo._core.keras import weights_only
+
+        with weights_only():
+            return mlflow_keras.load_model(uri)
     import mlflow.sklearn as mlflow_sklearn
 
     return mlflow_sklearn.load_model(uri)

@@ -153,6 +153,10 @@ def write_for_run(client: MlflowClient, parent: Run, mode: str = "html") -> list
     # Optuna's matplotlib charts are marked experimental: say nothing about it, narrowly
     # (a catch_warnings() here would silence every warning of every thread meanwhile).
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # A parameter tried at one value only: matplotlib widens the flat axis itself.
+    warnings.filterwarnings(
+        "ignore", "Attempting to set identical low and high", UserWarning, "optuna.visualization"
+    )
     study, exceptions = read_study(client, parent, MAX_CURVES)
     written: list[str] = []
     figures: list[tuple[str, Any]] = []
@@ -197,7 +201,15 @@ def _page(folder: str, parent: Run, figures: list[tuple[str, Any]], cdn: bool) -
     for index, (name, figure) in enumerate(figures):
         parts.append(f"<h2 id='{name}'>{name.replace('_', ' ')}</h2>")
         include: Any = ("cdn" if cdn else True) if index == 0 else False
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=include, div_id=name))
+        # The div's id is not the heading's: plotly.js draws into the first element with it.
+        parts.append(
+            figure.to_html(
+                full_html=False,
+                include_plotlyjs=include,
+                div_id=f"chart-{name}",
+                default_height="520px",
+            )
+        )
     parts.append("</body></html>")
     with open(os.path.join(folder, PAGE), "w") as f:
         f.write("\n".join(parts))

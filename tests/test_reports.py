@@ -31,16 +31,20 @@ from mlflow_hpo.sklearn import track_search
 
 
 class _Page(HTMLParser):
-    """The page's chart divs and scripts."""
+    """The page's chart divs, element ids and scripts."""
 
     def __init__(self) -> None:
         super().__init__()
         self.divs: list[str] = []
+        self.ids: list[str] = []
         self.scripts = 0
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag == "div" and dict(attrs).get("id") in REPORTS:
-            self.divs.append(dict(attrs)["id"])
+        element_id = dict(attrs).get("id")
+        if element_id:
+            self.ids.append(element_id)
+        if tag == "div" and str(element_id).removeprefix("chart-") in REPORTS:
+            self.divs.append(str(element_id).removeprefix("chart-"))
         self.scripts += tag == "script"
 
 
@@ -53,6 +57,11 @@ def _reports(client: MlflowClient, run_id: str, empty: tuple[str, ...] = ()) -> 
     parser = _Page()
     parser.feed(page)
     assert parser.divs == [name for name in REPORTS if name not in empty]
+    # plotly.js draws into the element with its div's id: a heading with the same id would
+    # take the chart (squashed to the heading's height).
+    assert len(parser.ids) == len(set(parser.ids)), parser.ids
+    for name in parser.divs:
+        assert f'getElementById("chart-{name}")' in page or f'"chart-{name}",' in page
     assert page.count("plotly.js v") <= 2  # the library's banner: one embedded copy
     figures = {}
     for name in empty:

@@ -19,7 +19,9 @@ import functools
 import inspect
 import sys
 import threading
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mlflow_hpo._core import compat
@@ -174,3 +176,13 @@ def install() -> None:
 
         _ORIGINAL = original
         keras.Model.fit = fit
+
+
+@contextmanager
+def weights_only() -> Iterator[None]:
+    """Load a checkpoint or a saved model for its weights: Keras's note that the optimizer's
+    saved state does not match the fresh optimizer (it is rebuilt on the next ``fit``) is
+    expected then, and not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+        yield

@@ -27,7 +27,7 @@ from typing import Any
 import keras_tuner
 
 from mlflow_hpo._backend import StudyHandle, new_tracker
-from mlflow_hpo._core import batch, compat, names, parent
+from mlflow_hpo._core import batch, compat, keras, names, parent
 from mlflow_hpo._core.options import TrackingOptions
 from mlflow_hpo._core.trial import TrialResult, TrialRun, activate
 from mlflow_hpo._core.validate import flag
@@ -307,7 +307,8 @@ class MlflowTunerMixin(StudyHandle):
         rebuild, ``clear_session`` and full garbage collection (over a second per trial).
         """
         if isinstance(self, keras_tuner.Tuner) and handle.model is not None:
-            handle.model.load_weights(compat.keras_tuner_checkpoint(self, trial.trial_id))
+            with keras.weights_only():
+                handle.model.load_weights(compat.keras_tuner_checkpoint(self, trial.trial_id))
             return handle.model
         return self.load_model(trial)  # type: ignore[attr-defined]  # e.g. SklearnTuner
 
@@ -332,7 +333,8 @@ class MlflowTunerMixin(StudyHandle):
             key = self._mlflow_key_of(trial.trial_id)
             if trial.score is None or tracker.has_model(key) or not self._mlflow_has_model(trial):
                 continue
-            model = self.load_model(trial)  # type: ignore[attr-defined]
+            with keras.weights_only():
+                model = self.load_model(trial)  # type: ignore[attr-defined]
             values = {tracker.objective_names[0]: float(trial.score)}
             tracker.add_model(
                 key, int(trial.trial_id), model, values, _convert.active_values(trial),
