@@ -68,8 +68,16 @@ def on_resume(client: MlflowClient, store: Store, study_run: Run) -> dict[str, S
         if entry.status == "RUNNING" and owner and not journal.owner_alive(owner):
             end_orphan(client, run_id, owner)
             entry.status, entry.owner_gone, entry.state = "KILLED", True, names.STATE_KILLED
+        elif entry.status == "KILLED" and _ended_as_orphan(child):
+            entry.owner_gone = True  # ended by an earlier reading, not written from the library
         stored[key] = entry
     return stored
+
+
+def _ended_as_orphan(run: Run) -> bool:
+    reason = run.data.tags.get(names.TAG_END_REASON, "")
+    prefix, _, suffix = REASON_OWNER_GONE.partition("{owner}")
+    return reason.startswith(prefix) and reason.endswith(suffix)
 
 
 def record_of(key: str, stored: StoredRun, objectives: list[str]) -> TrialRecord:

@@ -199,7 +199,7 @@ class StudyTracker(StudySession):
             except Exception as error:  # the trial's record is written all the same
                 self._model_failed(handle, error)
         handle.model = handle.model_loader = None
-        self.writer.submit(ops)
+        self.writer.submit(ops, settle=True)
         self._logged.add(handle.key)
         if improved and self.nested:
             self.summarize(with_table=False)
@@ -320,18 +320,27 @@ class StudyTracker(StudySession):
         if self.store is None or self.writer is None or not self.active:
             return
         with self.safety.guard("reconciling the study with the store"):
-            pending = reconcile.unwritten(
-                finished,
-                self.stored_runs,
-                running_here=set(self._handles),
-                jour=self.journal,
-                me=self.owner,
-            )
-            for key, number, result in list(pending):
+            pending = self._unwritten(finished, self.stored_runs)
+            if pending and self.parent is not None:
+                # What the store held when the study opened is stale by now: a worker that
+                # has since finished (its owner gone) wrote its trials meanwhile. Its owner
+                # is known gone first, then the store is read: what it holds now is final.
+                self.stored_runs = reconcile.on_resume(self.client, self.store, self.parent)
+                pending = self._unwritten(pending, self.stored_runs)
+            for key, number, result in pending:
                 handle = TrialRun(key, number, result.start_ms or 0, self._ensure_run)
                 handle.created = self.store.ready(handle.ref)
                 result.tags[names.TAG_END_REASON] = reconcile.REASON_FROM_LIBRARY
                 self.finish(handle, result, rewrite=True)
+
+    def _unwritten(
+        self, finished: list[tuple[str, int, TrialResult]], stored: dict[str, Any]
+    ) -> list[tuple[str, int, TrialResult]]:
+        return list(
+            reconcile.unwritten(
+                finished, stored, running_here=set(self._handles), jour=self.journal, me=self.owner
+            )
+        )
 
     # ------------------------------------------------------------------ closing
     def open_handles(self) -> list[TrialRun]:

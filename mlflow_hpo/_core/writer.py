@@ -30,6 +30,9 @@ from mlflow_hpo._core.safety import Safety, warn
 from mlflow_hpo._core.secrets import redact
 
 WAIT_CAP = 10.0  # seconds a synchronous write may hold up the search
+# Non-blocking: a finished trial's writes wait this long, so that they do not compete for the
+# GIL with the tuning library's sampler, which runs then (Optuna's TPE inside suggest_*).
+SETTLE_S = 0.01
 BACKOFF_MAX = 10.0
 PRUNE_EVERY = 500
 BARRIERS = frozenset({"summary"})
@@ -92,6 +95,7 @@ class Writer:
         self._stopping = False
         self._halted = False  # stop after the write in flight, leaving the rest journalled
         self._pause_until = 0.0
+        self._hold_until = 0.0  # see SETTLE_S
         self._failures = 0
         self._in_outage = False
         self._since_prune = 0
@@ -99,8 +103,11 @@ class Writer:
         _LIVE.add(self)
 
     # ----------------------------------------------------------------- submitting
-    def submit(self, ops: list[Op], *, wait: bool | None = None) -> bool:
+    def submit(self, ops: list[Op], *, wait: bool | None = None, settle: bool = False) -> bool:
         """Journal ``ops`` and queue them; in synchronous mode wait for them (bounded).
+
+        ``settle``: a finished trial's writes, which a writer that is idle (caught up) starts
+        after ``SETTLE_S`` (non-blocking only; a flush or a wait starts them at once).
 
         Returns whether they are all in the store (or dead) already.
 
@@ -110,8 +117,11 @@ class Writer:
         if not ops:
             return True
         with self._cond:
+            idle = not self._queue and not self._inflight
             self.journal.append(ops, self.owner.id)
             self._enqueue(ops)
+            if settle and idle and not self.synchronous:
+                self._hold_until = time.monotonic() + SETTLE_S
             self._ensure_threads()
             self._cond.notify_all()
         waiting = self.synchronous if wait is None else wait
@@ -144,7 +154,15 @@ class Writer:
             self._queue[self._order] = op
             op.slot = self._order
 
+    def release(self) -> None:
+        """Start the writes held back by ``settle`` now."""
+        with self._cond:
+            if self._hold_until:
+                self._hold_until = 0.0
+                self._cond.notify_all()
+
     def wait(self, ops: list[Op], timeout: float) -> bool:
+        self.release()
         deadline = time.monotonic() + timeout
         with self._cond:
             while any(op.state not in (DONE, DEAD) for op in ops):
@@ -160,6 +178,7 @@ class Writer:
         Raises:
             Exception: Strict mode only, the first write the store refused.
         """
+        self.release()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._queue:
@@ -244,7 +263,7 @@ class Writer:
                 while op is None:
                     if self._halted or (self._stopping and not self._queue):
                         return
-                    wait = self._pause_until - time.monotonic()
+                    wait = max(self._pause_until, self._hold_until) - time.monotonic()
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
