@@ -130,18 +130,21 @@ class MlflowTunerMixin(StudyHandle):
                 self._mlflow.finish(handle, failed)
             raise
         finally:
-            if freeze:
-                gc.unfreeze()
-            for _, stack in list(self._mlflow_open_trials.values()):
-                stack.close()
-            self._mlflow_open_trials.clear()
-            with self._mlflow.safety.guard("logging the kept models"):
-                self._mlflow_log_kept()
-            self._mlflow.close(
-                status,
-                end_parent=not compat.keras_tuner_is_worker(),
-                before=self._mlflow_count_all,
-            )
+            try:
+                for _, stack in list(self._mlflow_open_trials.values()):
+                    stack.close()
+                self._mlflow_open_trials.clear()
+                # Still frozen: rebuilding a kept model runs Keras Tuner's full collections.
+                with self._mlflow.safety.guard("logging the kept models"):
+                    self._mlflow_log_kept()
+                self._mlflow.close(
+                    status,
+                    end_parent=not compat.keras_tuner_is_worker(),
+                    before=self._mlflow_count_all,
+                )
+            finally:
+                if freeze:
+                    gc.unfreeze()
 
     def on_trial_begin(self, trial: Any) -> None:
         super().on_trial_begin(trial)  # type: ignore[misc]
