@@ -135,8 +135,9 @@ def best_model(client: MlflowClient, study: Run) -> tuple[Run, str, str, float, 
         [study.info.experiment_id],
         filter_string=clause,
         order_by=[{"field_name": f"metrics.{objective}", "ascending": direction != "maximize"}],
-        max_results=10,
+        max_results=50,
     )
+    best: tuple[Run, str, str, float, str] | None = None
     for model in found:
         value = next((m.value for m in model.metrics or [] if m.key == objective), None)
         ready = str(getattr(model.status, "value", model.status)) == "READY"
@@ -144,10 +145,15 @@ def best_model(client: MlflowClient, study: Run) -> tuple[Run, str, str, float, 
             continue
         if not exact and model.tags.get(names.TAG_STUDY_KEY) != key:
             continue
+        if best is not None and value != best[3]:
+            break  # past the best value: the tie (if any) is settled
         trial = client.get_run(model.source_run_id)
-        if trial.info.status == "FINISHED" and trial.info.lifecycle_stage == "active":
-            return trial, objective, direction, float(value), f"models:/{model.model_id}"
-    return None
+        if trial.info.status != "FINISHED" or trial.info.lifecycle_stage != "active":
+            continue
+        # Ties go to the earliest trial, as everywhere else (the store orders ties anyhow).
+        if best is None or (trial.info.start_time or 0) < (best[0].info.start_time or 0):
+            best = (trial, objective, direction, float(value), f"models:/{model.model_id}")
+    return best
 
 
 def promote_best(

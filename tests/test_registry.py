@@ -274,3 +274,26 @@ def test_show_ranks_a_study_larger_than_it_reads_exactly(
     expected = sorted(study.trials, key=lambda t: (sign * t.value, t.number))[:4]
     assert numbers == [t.number for t in expected]
     assert len({t.value for t in study.trials}) > 1 and len(study.trials) > 8 * 4  # narrowed
+
+
+def test_promote_best_gives_a_tie_to_the_earliest_trial(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    """Trials with the same value (the same configuration, trained the same way): the
+    earliest one is the best, as in every tuning library, whatever order the store keeps."""
+    x, y = load_digits(return_X_y=True)
+    model = LogisticRegression(max_iter=50).fit(x[:200], y[:200])
+    study = optuna.create_study(direction="maximize")
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("c", 0.1, 1.0)
+        mlflow_hpo.log_model(model, input_example=x[:2])
+        return 0.5
+
+    with MlflowStudyCallback(
+        experiment_name="ties", tracking_uri=tracking_uri, log_models="all"
+    ) as tracker:
+        study.optimize(tracker.track(objective), n_trials=4, callbacks=[tracker])
+    done = promote_best(tracker.study_run_id, "ties")
+    best = client.get_run(done.trial_run_id)
+    assert best.data.params[names.PARAM_TRIAL_NUMBER] == "0" == str(study.best_trial.number)
