@@ -140,6 +140,27 @@ def resolve_experiment(client: MlflowClient, experiment_name: str | None, fallba
     return str(experiment.experiment_id)
 
 
+def experiment_choice(
+    experiment_id: str | None, enclosing: str | None, experiment_name: str | None, fallback: str
+) -> dict[str, str]:
+    """Where a study run goes, decided from this process's settings when the study opens
+    (so that a replay by another process, ``mlflow-hpo sync``, writes to the same one):
+    a given experiment, the enclosing run's, ``experiment_name``, MLflow's environment or
+    active experiment, else one named after the study."""
+    if experiment_id is not None:
+        return {"experiment_id": experiment_id}
+    if enclosing is not None:
+        return {"enclosing_run_id": enclosing}
+    if experiment_name is not None:
+        return {"experiment_name": experiment_name}
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return {"experiment_id": os.environ["MLFLOW_EXPERIMENT_ID"]}
+    active = compat.active_experiment_id()
+    if active is not None:
+        return {"experiment_id": active}
+    return {"experiment_name": os.environ.get("MLFLOW_EXPERIMENT_NAME") or fallback}
+
+
 def candidates(client: MlflowClient, experiment_id: str, key: str) -> list[Run]:
     found = search(
         client,

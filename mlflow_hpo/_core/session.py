@@ -250,20 +250,12 @@ class StudySession:
                 }
             ),
         }
-        # The experiment is decided now, from this process's settings, so that a replay by
-        # another process (mlflow-hpo sync) writes to the same one.
-        if experiment_id is not None:
-            payload["experiment_id"] = experiment_id
-        elif enclosing is not None and self.nested:
-            payload["enclosing_run_id"] = enclosing
-        elif self.options.experiment_name is not None:
-            payload["experiment_name"] = self.options.experiment_name
-        elif os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            payload["experiment_id"] = os.environ["MLFLOW_EXPERIMENT_ID"]
-        elif compat.active_experiment_id() is not None:
-            payload["experiment_id"] = compat.active_experiment_id()
-        else:
-            payload["experiment_name"] = os.environ.get("MLFLOW_EXPERIMENT_NAME") or study_name
+        nesting = enclosing if self.nested else None
+        payload.update(
+            parent.experiment_choice(
+                experiment_id, nesting, self.options.experiment_name, study_name
+            )
+        )
         return journal.Op(STUDY, "open_study", payload)
 
     def _opened(self, result: dict[str, Any]) -> None:

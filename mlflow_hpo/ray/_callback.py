@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import math
 import sys
 import time
 import uuid
@@ -33,8 +32,6 @@ from mlflow_hpo._core.safety import warn
 from mlflow_hpo._core.secrets import strip_credentials
 from mlflow_hpo._core.tracker import StudyTracker
 from mlflow_hpo._core.trial import TrialResult, TrialRun
-from mlflow_hpo._core.validate import name_string
-from mlflow_hpo.errors import ConfigurationError
 from mlflow_hpo.ray import _convert
 
 if TYPE_CHECKING:
@@ -43,7 +40,6 @@ if TYPE_CHECKING:
 
     from mlflow_hpo._core.options import TrackingOptions
 
-_MODES = {"max": "maximize", "min": "minimize"}
 _UNSTARTED = ("PENDING", "PAUSED")
 
 
@@ -100,25 +96,9 @@ class MlflowTuneCallback(tune.Callback, StudyHandle):
         param_space: Mapping[str, Any] | None = None,
         **options: Unpack[TrackingOptions],
     ) -> None:
-        fix = (
-            "Tune does not tell callbacks what it optimises: give the TuneConfig's metric and "
-            'mode again, e.g. MlflowTuneCallback("val_accuracy", "max", ...).'
+        self._metric, self._mode, self._max_t, self._time_attr = _convert.checked_arguments(
+            metric, mode, max_t, time_attr, param_space
         )
-        if metric is None:
-            raise ConfigurationError("metric", "the metric of TuneConfig(metric=...)", None, fix)
-        self._metric = str(name_string("metric", metric, allow_none=False))
-        if not isinstance(mode, str) or mode not in _MODES:
-            raise ConfigurationError("mode", '"max" or "min" (as in TuneConfig)', mode, fix)
-        self._mode = mode
-        number = isinstance(max_t, int | float) and not isinstance(max_t, bool)
-        if max_t is not None and not (number and math.isfinite(max_t) and max_t > 0):
-            raise ConfigurationError("max_t", "None or a number > 0 (the scheduler's)", max_t)
-        self._max_t = max_t
-        self._time_attr = str(name_string("time_attr", time_attr, allow_none=False))
-        if param_space is not None and not isinstance(param_space, Mapping):
-            raise ConfigurationError(
-                "param_space", "None or the Tuner's param_space dict", param_space
-            )
         self._space = _convert.describe(param_space)
         self._options: dict[str, Any] = dict(options)
         self._nonce = uuid.uuid4().hex  # pickled with the callback: a restore keeps it
@@ -283,7 +263,7 @@ class MlflowTuneCallback(tune.Callback, StudyHandle):
             str(trial.experiment_dir_name),
             key=parent.study_key(names.BACKEND_RAY, f"{path}|{self._nonce}"),
             known_parent_id=self._parent_run_id,
-            directions=[_MODES[self._mode]],
+            directions=[_convert.MODES[self._mode]],
             objective_names=[self._metric],
             tags={names.TAG_RAY_EXPERIMENT: path},
         )

@@ -18,6 +18,8 @@ from ray.tune.utils import flatten_dict
 
 from mlflow_hpo._core import names
 from mlflow_hpo._core.trial import TrialResult
+from mlflow_hpo._core.validate import name_string
+from mlflow_hpo.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ray.tune import Checkpoint
@@ -230,3 +232,32 @@ def earlier(
         )
         out.append((key, numbers.get(key, 0), result))
     return out
+
+
+MODES = {"max": "maximize", "min": "minimize"}
+
+
+def checked_arguments(
+    metric: Any, mode: Any, max_t: Any, time_attr: Any, param_space: Any
+) -> tuple[str, str, float | None, str]:
+    """``(metric, mode, max_t, time_attr)`` of the callback, checked before any run exists.
+
+    Raises:
+        ConfigurationError: One of them (or ``param_space``) is not what Tune takes.
+    """
+    fix = (
+        "Tune does not tell callbacks what it optimises: give the TuneConfig's metric and "
+        'mode again, e.g. MlflowTuneCallback("val_accuracy", "max", ...).'
+    )
+    if metric is None:
+        raise ConfigurationError("metric", "the metric of TuneConfig(metric=...)", None, fix)
+    checked_metric = str(name_string("metric", metric, allow_none=False))
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ConfigurationError("mode", '"max" or "min" (as in TuneConfig)', mode, fix)
+    number = isinstance(max_t, int | float) and not isinstance(max_t, bool)
+    if max_t is not None and not (number and math.isfinite(max_t) and max_t > 0):
+        raise ConfigurationError("max_t", "None or a number > 0 (the scheduler's)", max_t)
+    checked_time = str(name_string("time_attr", time_attr, allow_none=False))
+    if param_space is not None and not isinstance(param_space, Mapping):
+        raise ConfigurationError("param_space", "None or the Tuner's param_space dict", param_space)
+    return checked_metric, mode, max_t, checked_time
