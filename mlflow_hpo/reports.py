@@ -11,17 +11,22 @@ hyperparameters, for every backend. Written to the study run's ``reports/`` fold
 * ``<chart>.json``: each chart's plotly figure (``plotly.io.from_json`` reads it back).
 
 ``mode="png"`` writes the images only. While a study runs, :class:`ReportHook` refreshes the
-reports in the background at most every ``report_interval`` seconds, never holding up a
-trial; when the study closes, it draws them one last time, also in the background, after
-the study run's status is written. ``mlflow-hpo report STUDY`` (or :func:`write_reports`)
-redraws them for any existing study.
+reports at most every ``report_interval`` seconds in a child process at low CPU priority,
+never holding up a trial: drawing is CPU-bound Python, and on a thread of the search's own
+process it would take the interpreter lock from the training loop (a Keras epoch runs
+Python between its steps) for far longer than it draws. When the study closes, the reports
+are drawn one last time in the background, after the study run's status is written.
+``mlflow-hpo report STUDY`` (or :func:`write_reports`) redraws them for any existing study.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -65,6 +70,7 @@ class ReportHook:
         self.interval = interval
         self._due = time.monotonic() + interval
         self._thread: threading.Thread | None = None
+        self._child: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
     def on_trial(self, session: Any) -> None:
@@ -74,15 +80,51 @@ class ReportHook:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return  # never two at once, never waited for by a trial
-        self._draw(session)
+            if self._child is not None and self._child.poll() is None:
+                return
+        if not self._refresh_in_child(session):
+            self._draw(session)
 
     def on_close(self, session: Any, timeout: float) -> None:
         """The last refresh, started once the study run has its final status."""
         with self._lock:
-            previous = self._thread
+            previous, child = self._thread, self._child
+        if child is not None and child.poll() is None:
+            child.terminate()  # a live refresh still drawing: the last one supersedes it
+            _reap(child, timeout)
         if previous is not None:
             previous.join(timeout)
         self._draw(session)
+
+    def _refresh_in_child(self, session: Any) -> bool:
+        """Start a live refresh in a child process; ``False`` if none could be started.
+
+        The store's URI goes in the child's environment, not on its command line (where
+        ``ps`` would show credentials it may hold); the child imports this package from
+        where this process found it if its own path does not (a source checkout).
+        """
+        import mlflow
+
+        run_id = session.study_run_id
+        if run_id is None or not sys.executable:
+            return run_id is None  # no study run yet: nothing to draw
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = f"import sys; sys.path.append({root!r}); import mlflow_hpo.reports as r; r._child()"
+        env = dict(os.environ)
+        env["MLFLOW_TRACKING_URI"] = session.options.tracking_uri or mlflow.get_tracking_uri()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-c", code, run_id, self.mode],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # best effort: the final refresh reports failures
+            )
+        except OSError:
+            return False
+        with self._lock:
+            self._child = child
+        return True
 
     def _draw(self, session: Any) -> None:
         run_id = session.study_run_id
@@ -104,9 +146,26 @@ class ReportHook:
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the refresh in progress, if any."""
         with self._lock:
-            thread = self._thread
+            thread, child = self._thread, self._child
+        if child is not None:
+            _reap(child, timeout)
         if thread is not None:
             thread.join(timeout)
+
+
+def _reap(child: subprocess.Popen[bytes], timeout: float | None) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout)
+
+
+def _child() -> None:
+    """A live refresh's process (:class:`ReportHook`): ``RUN_ID MODE`` on its command line,
+    the store in ``MLFLOW_TRACKING_URI``; it yields the CPU to the search it follows."""
+    if hasattr(os, "nice"):
+        os.nice(10)
+    run_id, mode = sys.argv[1:3]
+    client = MlflowClient()
+    write_for_run(client, client.get_run(run_id), mode)
 
 
 def _drawing(draw: Callable[[], None]) -> Callable[[], None]:

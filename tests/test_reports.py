@@ -167,10 +167,27 @@ def test_lighter_modes(client: MlflowClient, tracking_uri: str, mode: str) -> No
         assert _sizes(client, parent.info.run_id) < 300_000  # plotly.js comes from its CDN
 
 
-def test_reports_refresh_while_the_study_runs(client: MlflowClient, tracking_uri: str) -> None:
+@pytest.mark.parametrize("named", ["environment", "argument"])
+def test_reports_refresh_while_the_study_runs(
+    client: MlflowClient,
+    tracking_uri: str,
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Live refreshes are drawn by a child process: it finds the store the tracker writes
+    to, whether the environment names it or only the tracker's ``tracking_uri`` does."""
+    given: dict[str, str] = {}
+    if named == "argument":
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")  # MLflow's default store: another file
+        given["tracking_uri"] = tracking_uri
     seen: list[bool] = []
     study = optuna.create_study()
-    tracker = MlflowStudyCallback(experiment_name="live", reports=True, report_interval=0.2)
+    tracker = MlflowStudyCallback(
+        experiment_name="live", reports=True, report_interval=0.2, **given
+    )
 
     def objective(trial: optuna.Trial) -> float:
         if trial.number == 2:
