@@ -106,8 +106,10 @@ class ReportHook:
         import mlflow
 
         run_id = session.study_run_id
-        if run_id is None or not sys.executable:
-            return run_id is None  # no study run yet: nothing to draw
+        if run_id is None:
+            return True  # no study run yet: nothing to draw
+        if not sys.executable:  # an embedded interpreter: the caller draws on a thread
+            return False
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = f"import sys; sys.path.append({root!r}); import mlflow_hpo.reports as r; r._child()"
         env = dict(os.environ)

@@ -207,6 +207,45 @@ def test_reports_refresh_while_the_study_runs(
     assert len(figures["optimization_history"]["data"][0]["y"]) == 8  # every trial
 
 
+def _processes_naming(text: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds ``text`` (Linux's /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # not a process, or one that just ended
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads Linux's /proc")
+def test_a_live_refresh_still_drawing_at_close_gives_way_to_the_final_one(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    """The study ends while a live refresh (a child process) is still starting: the final
+    reports, drawn after it, show every trial, and no late child draws over them."""
+    study = optuna.create_study()
+    tracker = MlflowStudyCallback(experiment_name="late", reports=True, report_interval=0.2)
+
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number == 2:
+            time.sleep(0.3)  # past report_interval: trial 3 starts a live refresh
+        return trial.suggest_float("x", 0, 1)
+
+    with tracker:
+        study.optimize(tracker.track(objective), n_trials=8, callbacks=[tracker])
+    assert tracker.study_run_id is not None
+    assert _processes_naming(tracker.study_run_id) == []  # the live one was stopped at close
+    tracker.flush()
+    parent, trials = study_runs(client, "late")
+    assert parent.info.status == "FINISHED" and len(trials) == 8
+    figures = _reports(client, parent.info.run_id, empty=("intermediate_values",))
+    assert len(figures["optimization_history"]["data"][0]["y"]) == 8  # every trial
+
+
 def test_cli_report_regenerates_the_reports_of_an_existing_study(
     client: MlflowClient, tracking_uri: str
 ) -> None:
