@@ -7,6 +7,9 @@ per-step histories are fetched for the best trials only (a chart, not a dump).
 
 from __future__ import annotations
 
+import copy
+import datetime
+import functools
 import json
 from collections import Counter
 from typing import Any
@@ -87,17 +90,54 @@ def read_study(client: MlflowClient, parent: Run, curves: int) -> tuple[Any, Cou
             history = client.get_metric_history(trial["run_id"], trial["steps"])
             steps = {m.step: m.value for m in history}
         study.add_trial(
-            optuna.trial.create_trial(
-                state=optuna.trial.TrialState[state],
-                value=value if state == "COMPLETE" else None,
-                params=params,
-                distributions={n: distributions[n] for n in params},
-                intermediate_values=steps,
+            _trial(
+                optuna.trial.TrialState[state],
+                value if state == "COMPLETE" else None,
+                params,
+                {n: distributions[n] for n in params},
+                steps,
             )
         )
         if trial["exceptions"] is not None:
             exceptions.update(_output_exceptions(client, trial["run_id"], trial["exceptions"]))
     return study, exceptions
+
+
+def _trial(
+    state: Any, value: float | None, params: dict[str, Any], distributions: Any, steps: Any
+) -> Any:
+    """A finished trial that the study's storage keeps as it is.
+
+    ``study.add_trial`` hands the storage a template, which Optuna's in-memory storage
+    deep-copies (params, distributions, intermediate values: a second of a 10,000-trial
+    report). This trial is made for that study alone, so a shallow copy is enough.
+    """
+    now = datetime.datetime.now()
+    finished = state.is_finished()
+    return _shared_trial_class()(
+        number=-1,
+        state=state,
+        value=value,
+        datetime_start=now,
+        datetime_complete=now if finished else None,
+        params=params,
+        distributions=distributions,
+        user_attrs={},
+        system_attrs={},
+        intermediate_values=steps,
+        trial_id=-1,
+    )
+
+
+@functools.cache
+def _shared_trial_class() -> Any:
+    from optuna.trial import FrozenTrial
+
+    class SharedTrial(FrozenTrial):
+        def __deepcopy__(self, memo: dict[int, Any]) -> SharedTrial:
+            return copy.copy(self)
+
+    return SharedTrial
 
 
 def _read_only_storage() -> Any:
