@@ -40,7 +40,7 @@ def sort_key(value: float | None, direction: str, number: int) -> tuple[bool, fl
     return (False, -value if direction == "maximize" else value, number)
 
 
-@dataclass
+@dataclass(slots=True)  # one per trial: no per-instance dict
 class TrialRecord:
     """What the study model keeps of one finished trial."""
 
