@@ -246,6 +246,38 @@ def test_a_live_refresh_still_drawing_at_close_gives_way_to_the_final_one(
     assert len(figures["optimization_history"]["data"][0]["y"]) == 8  # every trial
 
 
+def test_a_study_larger_than_its_charts_draws_the_best_trials_and_keeps_every_number(
+    client: MlflowClient, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``MAX_CURVES`` trials, the per-trial charts draw the best ones only, from a copy
+    of the study read back; the history still shows every trial under its own number."""
+    monkeypatch.setattr("mlflow_hpo.reports.MAX_CURVES", 3)
+    study = optuna.create_study(study_name="big")
+
+    def objective(trial: optuna.Trial) -> float:
+        value = (trial.suggest_float("x", -2, 2) - 1) ** 2
+        for step in range(3):
+            trial.report(value + 2 - step, step)
+        return value
+
+    with MlflowStudyCallback(experiment_name="big", metric_name="loss") as tracker:
+        study.optimize(tracker.track(objective), n_trials=10, callbacks=[tracker])
+    parent, _ = study_runs(client, "big")
+    result = CliRunner().invoke(
+        cli, ["report", "big", "--experiment-name", "big", "--tracking-uri", tracking_uri]
+    )
+    assert result.exit_code == 0, result.output
+    figures = _reports(client, parent.info.run_id)
+    history = figures["optimization_history"]["data"][0]
+    assert history["x"] == list(range(10))  # each trial under its own number
+    assert history["y"] == pytest.approx([t.value for t in study.trials])
+    best = sorted(t.value for t in study.trials)[:3]
+    lines = [t for t in figures["parallel_coordinate"]["data"] if t.get("mode") == "lines"]
+    assert len(lines) == 3
+    curves = figures["intermediate_values"]["data"]
+    assert sorted(c["y"][-1] for c in curves) == pytest.approx(best)
+
+
 def test_cli_report_regenerates_the_reports_of_an_existing_study(
     client: MlflowClient, tracking_uri: str
 ) -> None:
