@@ -85,7 +85,18 @@ class StudyTracker(StudySession):
         tags = self.base_tags(handle)
         op = record.create_op(handle, tags, nested=self.nested, run_name=self.run_name(handle))
         handle.create_op = op
-        return [op]
+        ops = [op]
+        if handle.datasets and not self.plain:  # known already: written while it runs
+            with self.safety.guard(f"describing the data of trial {handle.number}"):
+                ops += self._dataset_ops(handle)
+                handle.inputs_logged = True
+        return ops
+
+    def describe_data(self, noted: list[tuple[Any, Any, str]]) -> None:
+        """Describe the arrays every trial fits on now (MLflow's digest and the source's
+        context: a git lookup the first time): a backend calls this before its search, so
+        that neither the first trial nor each of Keras Tuner's collections pays for it."""
+        datasets.inputs(self.datasets, noted)
 
     def _ensure_run(self, handle: TrialRun) -> Run:
         """The run of ``handle``, created now if needed (user code asked for it)."""
@@ -185,7 +196,7 @@ class StudyTracker(StudySession):
                 run_name=self.run_name(handle),
                 plain=self.plain,
             )
-        if handle.datasets and not self.plain:
+        if handle.datasets and not self.plain and not handle.inputs_logged:
             with self.safety.guard(f"describing the data of trial {handle.number}"):
                 ops[-1:-1] = self._dataset_ops(handle)
         if keep:

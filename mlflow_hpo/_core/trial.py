@@ -81,6 +81,7 @@ class TrialRun:
         self.model_explicit = False
         self.input_example: Any = None  # a few rows of what the model was fit on
         self.datasets: list[tuple[Any, Any, str]] = []  # (features, targets, context)
+        self.inputs_logged = False  # its dataset inputs are journalled (with its creation)
         self.fits = 0  # Keras fit() calls so far: one per execution in Keras Tuner
         self.live_steps: dict[str, int] = {}  # metric key -> last step logged while running
         self._guarded_at_fit = -1

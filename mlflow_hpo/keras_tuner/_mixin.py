@@ -134,7 +134,7 @@ class MlflowTunerMixin(StudyHandle):
                 for _, stack in list(self._mlflow_open_trials.values()):
                     stack.close()
                 self._mlflow_open_trials.clear()
-                # Still frozen: rebuilding a kept model runs Keras Tuner's full collections.
+                # Still frozen: what rebuilding a kept model collects is the search's alone.
                 with self._mlflow.safety.guard("logging the kept models"):
                     self._mlflow_log_kept()
                 self._mlflow.close(
@@ -224,6 +224,7 @@ class MlflowTunerMixin(StudyHandle):
         validation = fit_kwargs.get("validation_data")
         if isinstance(validation, tuple | list) and len(validation) >= 2:
             self._mlflow_data.append((validation[0], validation[1], "validation"))
+        self._mlflow.describe_data(self._mlflow_data)  # before the search freezes the gc
 
     def _mlflow_log_epoch(self, handle: TrialRun, logs: dict[str, Any], epoch: int) -> None:
         if getattr(self, "executions_per_trial", 1) > 1:
@@ -337,7 +338,11 @@ class MlflowTunerMixin(StudyHandle):
             if trial.score is None or tracker.has_model(key) or not self._mlflow_has_model(trial):
                 continue
             with keras.weights_only():
-                model = self.load_model(trial)  # type: ignore[attr-defined]
+                model = None
+                if isinstance(self, keras_tuner.Tuner):
+                    model = compat.keras_tuner_rebuild(self, trial)
+                if model is None:
+                    model = self.load_model(trial)  # type: ignore[attr-defined]
             values = {tracker.objective_names[0]: float(trial.score)}
             tracker.add_model(
                 key, int(trial.trial_id), model, values, _convert.active_values(trial),
