@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 from pathlib import Path
 
 import mlflow.models
@@ -20,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from mlflow_hpo import names
+from mlflow_hpo._core import coalesce
 from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 from mlflow_hpo.sklearn import tracked_sampler
 
@@ -198,6 +200,43 @@ def test_live_steps_and_mlflow_calls_land_on_the_trial_run(
         assert [m.step for m in history] == [0, 1, 2]
         assert run.data.params["note"] == "from the body"
     assert mlflow.active_run() is None
+
+
+def test_fast_live_steps_are_written_together_and_a_slow_step_shows_while_it_runs(
+    client: MlflowClient, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps logged 10 ms apart reach the store together, in one write; a step followed by a
+    long pause is in the store before the trial ends."""
+    batches: list[str] = []
+    real = MlflowClient.log_batch
+
+    def counting(self: MlflowClient, run_id: str, *args: object, **kwargs: object) -> object:
+        batches.append(run_id)
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counting)
+    seen_while_running: list[int] = []
+    loop = tracked_sampler(
+        ParameterGrid({"lr": [0.1]}), objective="acc", direction="maximize", experiment_name="b"
+    )
+    with loop as study:
+        for _params, trial in study:
+            for epoch in range(40):
+                trial.log(step=epoch, loss=1.0 / (epoch + 1))
+                time.sleep(0.01)  # short epochs: the writer would keep up with each one
+            trial.log(step=40, loss=0.01)
+            deadline = time.monotonic() + coalesce.LIVE_HOLD_S + 3.0
+            while time.monotonic() < deadline and not seen_while_running:
+                time.sleep(0.1)  # a long epoch: the UI shows what came before it
+                history = client.get_metric_history(trial.run_id, "loss")
+                seen_while_running = [m.step for m in history]
+            trial.log(acc=0.9)
+    assert seen_while_running == list(range(41))  # every step so far, in one write
+    _, (run,) = study_runs(client, "b")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(41))
+    assert run.data.metrics["acc"] == 0.9 and run.info.status == "FINISHED"
+    # 41 steps and the final values in two batches (one held, one at the end), not 42.
+    assert batches.count(run.info.run_id) == 2
 
 
 def test_an_objective_that_is_never_logged_is_reported_once(

@@ -94,6 +94,7 @@ class Op:
     state: int = PENDING  # in memory: PENDING, DONE, DEAD, or -1 while being written
     counted: bool = False  # its failure was counted once
     slot: int = 0  # its place in the writer's queue
+    queued: float = 0.0  # when it was queued (time.monotonic())
 
 
 class Owner:

@@ -141,5 +141,5 @@ def live_op(handle: TrialRun, values: dict[str, Any], step: int) -> Op:
     return Op(
         handle.ref,
         "log_batch",
-        {"metrics": [[m.key, m.value, m.timestamp, m.step] for m in points]},
+        {"metrics": [[m.key, m.value, m.timestamp, m.step] for m in points], "live": True},
     )

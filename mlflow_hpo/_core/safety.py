@@ -27,6 +27,9 @@ from mlflow_hpo._core.secrets import redact
 from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 
 _logger = logging.getLogger("mlflow_hpo")
+_TRANSIENT_CODES = frozenset(
+    {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "ENDPOINT_NOT_FOUND"}
+)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
@@ -104,3 +107,16 @@ class Safety:
             yield
         except Exception as error:
             self.report(what, error)
+
+
+def transient(error: BaseException) -> bool:
+    """Whether retrying a store write that raised ``error`` may succeed (the store was
+    unreachable, busy, restarting), as opposed to a refusal of the data."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException):
+        return str(error.error_code) in _TRANSIENT_CODES
+    if isinstance(error, OSError | TimeoutError):
+        return True
+    module = type(error).__module__
+    return module.startswith(("requests", "urllib3", "sqlalchemy", "sqlite3"))

@@ -3,7 +3,8 @@
 Entries are appended to the journal first, then written by a small pool of threads: one for
 a database store (SQLite allows one writer), a few for a tracking server, where requests
 overlap. Entries of one run are written in order; a study summary waits for everything
-before it; a trial run waits for its study run.
+before it; a trial run waits for its study run. A running trial's live metrics are held
+briefly and consecutive batches of one run written as one (see ``coalesce``).
 
 ``synchronous=True`` waits for the store after each submission, but never longer than
 ``WAIT_CAP`` seconds: a store that is down or slow is left to the journal and the search
@@ -18,15 +19,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from mlflow.exceptions import MlflowException
-
+from mlflow_hpo._core import coalesce
 from mlflow_hpo._core.journal import DEAD, DONE, Journal, Op, Owner
-from mlflow_hpo._core.safety import Safety, warn
+from mlflow_hpo._core.safety import Safety, transient, warn
 from mlflow_hpo._core.secrets import redact
 
 WAIT_CAP = 10.0  # seconds a synchronous write may hold up the search
@@ -39,20 +40,7 @@ BARRIERS = frozenset({"summary"})
 # Not idempotent: a replay looks for what an earlier attempt may have made.
 ATTEMPTED = frozenset({"create_run", "open_study", "upload_model"})
 CREATES = frozenset({"create_run", "open_study"})
-_TRANSIENT_CODES = frozenset(
-    {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "ENDPOINT_NOT_FOUND"}
-)
 _LIVE: weakref.WeakSet[Writer] = weakref.WeakSet()
-
-
-def transient(error: BaseException) -> bool:
-    """Whether retrying ``error`` may succeed (the store was unreachable, busy, restarting)."""
-    if isinstance(error, MlflowException):
-        return str(error.error_code) in _TRANSIENT_CODES
-    if isinstance(error, OSError | TimeoutError):
-        return True
-    module = type(error).__module__
-    return module.startswith(("requests", "urllib3", "sqlalchemy", "sqlite3"))
 
 
 class Writer:
@@ -96,6 +84,7 @@ class Writer:
         self._halted = False  # stop after the write in flight, leaving the rest journalled
         self._pause_until = 0.0
         self._hold_until = 0.0  # see SETTLE_S
+        self._waiters = 0  # threads waiting for writes: nothing is held meanwhile
         self._failures = 0
         self._in_outage = False
         self._since_prune = 0
@@ -149,10 +138,12 @@ class Writer:
         return taken + len(leftovers)
 
     def _enqueue(self, ops: list[Op]) -> None:
+        now = time.monotonic()
         for op in ops:
             self._order += 1
             self._queue[self._order] = op
             op.slot = self._order
+            op.queued = now
 
     def release(self) -> None:
         """Start the writes held back by ``settle`` now."""
@@ -165,11 +156,16 @@ class Writer:
         self.release()
         deadline = time.monotonic() + timeout
         with self._cond:
-            while any(op.state not in (DONE, DEAD) for op in ops):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
+            self._waiters += 1
+            self._cond.notify_all()
+            try:
+                while any(op.state not in (DONE, DEAD) for op in ops):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+            finally:
+                self._waiters -= 1
         return True
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -181,11 +177,16 @@ class Writer:
         self.release()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._queue:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._cond.wait(left if left is not None else 1.0)
+            self._waiters += 1
+            self._cond.notify_all()
+            try:
+                while self._queue:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._cond.wait(left if left is not None else 1.0)
+            finally:
+                self._waiters -= 1
             drained = not self._queue
         self._raise_deferred()
         return drained
@@ -239,12 +240,14 @@ class Writer:
             self._threads.append(thread)
             thread.start()
 
-    def _pick(self) -> Op | None:
+    def _pick(self) -> list[Op] | None:
+        """The next entry that may be written, with the entries written together with it."""
         blocked: set[str] = set()
+        now = time.monotonic()
         for index, op in enumerate(self._queue.values()):
             if op.kind in BARRIERS:
                 if index == 0 and not self._inflight:
-                    return op
+                    return [op]
                 return None  # nothing overtakes a summary
             if op.ref in self._inflight or op.ref in blocked or op.state < 0:
                 blocked.add(op.ref)
@@ -253,37 +256,70 @@ class Writer:
             if needs and not self._ready(needs):
                 blocked.add(op.ref)
                 continue
-            return op
+            if not self._waiters and coalesce.held(op, self._after(index), now):
+                blocked.add(op.ref)
+                continue
+            return [op, *coalesce.followers(op, self._after(index), BARRIERS)]
         return None
+
+    def _after(self, index: int) -> Iterator[Op]:
+        """The queued entries after the ``index``-th, at most ``coalesce.LOOKAHEAD``."""
+        return itertools.islice(self._queue.values(), index + 1, index + 1 + coalesce.LOOKAHEAD)
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                op = None
-                while op is None:
+                group = None
+                while group is None:
                     if self._halted or (self._stopping and not self._queue):
                         return
                     wait = max(self._pause_until, self._hold_until) - time.monotonic()
                     if wait > 0:
                         self._cond.wait(wait)
                         continue
-                    op = self._pick()
-                    if op is None:
-                        self._cond.wait(1.0)
-                self._inflight.add(op.ref)
-                op.state = -1  # in flight
+                    group = self._pick()
+                    if group is None:
+                        self._cond.wait(0.25 if self._queue else 1.0)  # a held entry is due
+                self._inflight.add(group[0].ref)
+                for op in group:
+                    op.state = -1  # in flight
             try:
-                self._write(op)
+                self._write_group(group)
             finally:
                 with self._cond:
-                    self._inflight.discard(op.ref)
-                    if op.state == -1:
-                        op.state = 0
-                    if op.state in (DONE, DEAD):
-                        self._queue.pop(op.slot, None)
+                    self._inflight.discard(group[0].ref)
+                    for op in group:
+                        if op.state == -1:
+                            op.state = 0
+                        if op.state in (DONE, DEAD):
+                            self._queue.pop(op.slot, None)
                     if not self._queue:
                         self.behind = False
                     self._cond.notify_all()
+
+    def _write_group(self, group: list[Op]) -> None:
+        """Consecutive batches of one run in one write; one by one if the store refuses it
+        (so that only the entry it refuses is buried) or if one fails on the way."""
+        if len(group) == 1:
+            self._write(group[0])
+            return
+        try:
+            self._execute(coalesce.merge(group))
+            self.journal.finish(group)
+        except Exception as error:
+            if transient(error):
+                self._retry_later(group[0], error)
+                return
+            for op in group:
+                self._write(op)
+                if op.state not in (DONE, DEAD):
+                    return  # to be retried: the rest waits behind it
+            return
+        for op in group:
+            op.state = DONE
+        with self._cond:
+            self._failures = 0
+            self._in_outage = False
 
     def _write(self, op: Op) -> None:
         if op.task is not None:
