@@ -82,6 +82,32 @@ def test_keras_tuner_internals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert not compat.keras_tuner_is_worker()
 
 
+def test_keras_tuner_rebuild_returns_what_load_model_returns(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    def build(hp: keras_tuner.HyperParameters) -> keras.Model:
+        model = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(hp.Int("units", 2, 4)), keras.layers.Dense(1)]
+        )
+        model.compile(optimizer="adam", loss="mse")
+        return model
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)), rng.normal(size=(32, 1))
+    tuner = keras_tuner.RandomSearch(
+        build, objective="val_loss", max_trials=1, directory=str(tmp_path), project_name="p"
+    )
+    tuner.search(x, y, validation_split=0.25, epochs=2, verbose=0)
+    trial = tuner.oracle.get_best_trials(1)[0]
+    rebuilt = compat.keras_tuner_rebuild(tuner, trial)
+    loaded = tuner.load_model(trial)
+    assert [w.shape for w in rebuilt.get_weights()] == [w.shape for w in loaded.get_weights()]
+    for ours, theirs in zip(rebuilt.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)  # the best checkpoint's weights
+    assert rebuilt.optimizer is not None  # compiled as the builder compiles it
+
+
 def test_warnings_point_at_the_users_line() -> None:
     def library_function() -> None:  # what mlflow-hpo does, several frames down
         warnings.warn("x", UserWarning, stacklevel=compat.user_stacklevel())
