@@ -22,6 +22,7 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from mlflow_hpo import names
 from mlflow_hpo._core import coalesce
+from mlflow_hpo._core.session import SUMMARY_EVERY_S
 from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 from mlflow_hpo.sklearn import tracked_sampler
 
@@ -237,6 +238,33 @@ def test_fast_live_steps_are_written_together_and_a_slow_step_shows_while_it_run
     assert run.data.metrics["acc"] == 0.9 and run.info.status == "FINISHED"
     # 41 steps and the final values in two batches (one held, one at the end), not 42.
     assert batches.count(run.info.run_id) == 2
+
+
+def test_the_study_run_shows_the_best_so_far_while_the_study_runs(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    """A new best is on the study run at once; one found less than a second after the last
+    is written with the next trial (here one that does not improve), not only at close."""
+    shown: list[float | None] = []
+    loop = tracked_sampler(
+        ParameterGrid({"acc": [0.5, 0.6, 0.1, 0.2]}),
+        objective="acc",
+        direction="maximize",
+        experiment_name="best-so-far",
+    )
+    with loop as study:
+        for params, trial in study:
+            time.sleep(0.3)  # the summary is written in the background: give it time
+            parent = client.get_run(study.study_run_id)
+            shown.append(parent.data.metrics.get("best_acc"))
+            if params["acc"] == 0.1:
+                time.sleep(SUMMARY_EVERY_S)  # this trial ends past the interval
+            trial.log(acc=params["acc"])
+    # Before trial 0: nothing. 0.5 at once. 0.6 came 0.3 s later: held. Trial 2 (0.1) ends
+    # more than a second after the last summary and writes it.
+    assert shown == [None, 0.5, 0.5, 0.6]
+    parent, _ = study_runs(client, "best-so-far")
+    assert parent.data.metrics["best_acc"] == 0.6
 
 
 def test_an_objective_that_is_never_logged_is_reported_once(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ from mlflow_hpo._core.store import STUDY, Store, connect, quiet_urls
 from mlflow_hpo._core.study import StudyModel
 from mlflow_hpo._core.writer import WAIT_CAP, Writer
 from mlflow_hpo.errors import ConfigurationError
+
+SUMMARY_EVERY_S = 1.0  # a study's best, while it runs, is written at most this often
 
 
 class StudyHook(Protocol):
@@ -90,6 +93,8 @@ class StudySession:
         self._client: MlflowClient | None = None
         self._lock = threading.RLock()
         self._ephemeral = False
+        self._summary_next = 0.0  # monotonic time after which a new best is written at once
+        self._summary_stale = False  # a new best waits for the next trial (or the close)
         self._quiet = False
         self._logged: set[str] = set()  # trial keys with a finished run in the store
         self.stored_runs: dict[str, reconcile.StoredRun] = {}  # a resumed study's runs
@@ -276,17 +281,21 @@ class StudySession:
                         self.study.add(reconcile.record_of(key, stored, self.objective_names))
 
     # ------------------------------------------------------------------ summary
-    def summarize(
-        self,
-        *,
-        with_table: bool = True,
-        tags: dict[str, Any] | None = None,
-    ) -> None:
-        """Write the study summary to the study run (queued behind the trials before it)."""
-        if not self.opened or self.writer is None or not self.nested:
+    def new_best(self, improved: bool) -> None:
+        """Show a new best on the study run while the study runs: at once, unless one was
+        written less than ``SUMMARY_EVERY_S`` ago (then with the next trial, or the close).
+        Never waited for: the trial's own writes are what ``synchronous`` waits for."""
+        if not self.nested or not (improved or self._summary_stale):
             return
-        with self.safety.guard("preparing the study summary"):
-            self.writer.submit([self._summary_op(with_table, tags or {}, {})])
+        now = time.monotonic()
+        with self._lock:
+            due = now >= self._summary_next
+            if due:
+                self._summary_next = now + SUMMARY_EVERY_S
+            self._summary_stale = not due
+        if due and self.opened and self.writer is not None:
+            with self.safety.guard("preparing the study summary"):
+                self.writer.submit([self._summary_op(False, {}, {})], wait=False)
 
     def _summary_op(
         self, with_table: bool, tags: dict[str, Any], tables: dict[str, str]

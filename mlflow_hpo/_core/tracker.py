@@ -212,8 +212,7 @@ class StudyTracker(StudySession):
         handle.model = handle.model_loader = None
         self.writer.submit(ops, settle=True)
         self._logged.add(handle.key)
-        if improved and self.nested:
-            self.summarize(with_table=False)
+        self.new_best(improved)
         for hook in self.hooks:
             with self.safety.guard("refreshing the study reports"):
                 hook.on_trial(self)
