@@ -30,11 +30,12 @@ def is_live(op: Op) -> bool:
     return op.kind == "log_batch" and bool(op.payload.get(LIVE))
 
 
-def held(op: Op, later: Iterable[Op], now: float) -> bool:
-    """Whether the live entry ``op`` still waits: young, and nothing else of its run after it."""
+def held(op: Op, later: Iterable[Op], now: float, barriers: frozenset[str]) -> bool:
+    """Whether the live entry ``op`` still waits: young, with nothing else of its run after
+    it, and no barrier (a summary, which waits for everything before it)."""
     if not is_live(op) or now - op.queued >= LIVE_HOLD_S:
         return False
-    return all(o.ref != op.ref or is_live(o) for o in later)
+    return all((o.ref != op.ref or is_live(o)) and o.kind not in barriers for o in later)
 
 
 def followers(first: Op, later: Iterable[Op], barriers: frozenset[str]) -> list[Op]:

@@ -256,7 +256,7 @@ class Writer:
             if needs and not self._ready(needs):
                 blocked.add(op.ref)
                 continue
-            if not self._waiters and coalesce.held(op, self._after(index), now):
+            if not self._waiters and coalesce.held(op, self._after(index), now, BARRIERS):
                 blocked.add(op.ref)
                 continue
             return [op, *coalesce.followers(op, self._after(index), BARRIERS)]
