@@ -22,7 +22,7 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from mlflow_hpo import names
 from mlflow_hpo._core import coalesce
-from mlflow_hpo._core.session import SUMMARY_EVERY_S
+from mlflow_hpo._core.summary import EVERY_S as SUMMARY_EVERY_S
 from mlflow_hpo.errors import ConfigurationError, MlflowHpoWarning
 from mlflow_hpo.sklearn import tracked_sampler
 

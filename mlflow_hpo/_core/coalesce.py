@@ -1,4 +1,10 @@
-"""Live metrics of a running trial, merged into fewer store writes.
+"""Which queued entries the writer writes next, and which together.
+
+:func:`pick` keeps the writer's order rules: entries of one run in order, nothing overtakes
+a study summary (it waits for everything before it), an entry that needs its study run
+waits for it.
+
+Live metrics of a running trial are merged into fewer store writes.
 
 A Keras epoch, a scikit-learn fold or an Optuna report is journalled at once and written
 live, but a running trial's live metrics wait up to ``LIVE_HOLD_S`` in the writer's queue for
@@ -14,7 +20,9 @@ anyone waits for the writer (a synchronous trial, a flush, the close).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 from mlflow.utils import validation
 
@@ -24,6 +32,37 @@ LIVE_HOLD_S = 2.0
 LOOKAHEAD = 256  # queued entries looked at past the one picked (a backlog stays cheap)
 LIVE = "live"  # payload key of a live entry
 _SECTIONS = ("metrics", "params", "tags")
+
+
+def pick(
+    queue: dict[int, Op],
+    inflight: set[str],
+    ready: Callable[[str], bool],
+    barriers: frozenset[str],
+    holding: bool,
+) -> list[Op] | None:
+    """The next entry of ``queue`` that may be written, with those written together with it;
+    ``holding``: young live entries may wait (nobody waits for the writer)."""
+    blocked: set[str] = set()
+    now = time.monotonic()
+
+    def after(index: int) -> Iterator[Op]:  # a backlog stays cheap: LOOKAHEAD at most
+        return itertools.islice(queue.values(), index + 1, index + 1 + LOOKAHEAD)
+
+    for index, op in enumerate(queue.values()):
+        if op.kind in barriers:
+            if index == 0 and not inflight:
+                return [op]
+            return None  # nothing overtakes a summary
+        if op.ref in inflight or op.ref in blocked or op.state < 0:
+            blocked.add(op.ref)
+            continue
+        needs = op.payload.get("needs") if op.task is None else None
+        if (needs and not ready(needs)) or (holding and held(op, after(index), now, barriers)):
+            blocked.add(op.ref)
+            continue
+        return [op, *followers(op, after(index), barriers)]
+    return None
 
 
 def is_live(op: Op) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -27,10 +26,9 @@ from mlflow_hpo._core.safety import Safety, warn
 from mlflow_hpo._core.secrets import has_credentials, strip_credentials
 from mlflow_hpo._core.store import STUDY, Store, connect, quiet_urls
 from mlflow_hpo._core.study import StudyModel
+from mlflow_hpo._core.summary import BestShown, summary_op
 from mlflow_hpo._core.writer import WAIT_CAP, Writer
 from mlflow_hpo.errors import ConfigurationError
-
-SUMMARY_EVERY_S = 1.0  # a study's best, while it runs, is written at most this often
 
 
 class StudyHook(Protocol):
@@ -93,8 +91,7 @@ class StudySession:
         self._client: MlflowClient | None = None
         self._lock = threading.RLock()
         self._ephemeral = False
-        self._summary_next = 0.0  # monotonic time after which a new best is written at once
-        self._summary_stale = False  # a new best waits for the next trial (or the close)
+        self._best_shown = BestShown()
         self._quiet = False
         self._logged: set[str] = set()  # trial keys with a finished run in the store
         self.stored_runs: dict[str, reconcile.StoredRun] = {}  # a resumed study's runs
@@ -282,41 +279,13 @@ class StudySession:
 
     # ------------------------------------------------------------------ summary
     def new_best(self, improved: bool) -> None:
-        """Show a new best on the study run while the study runs: at once, unless one was
-        written less than ``SUMMARY_EVERY_S`` ago (then with the next trial, or the close).
-        Never waited for: the trial's own writes are what ``synchronous`` waits for."""
-        if not self.nested or not (improved or self._summary_stale):
+        """Show a new best on the study run while the study runs (see ``summary``). Never
+        waited for: the trial's own writes are what ``synchronous`` waits for."""
+        if not self.nested or not self._best_shown.due(improved):
             return
-        now = time.monotonic()
-        with self._lock:
-            due = now >= self._summary_next
-            if due:
-                self._summary_next = now + SUMMARY_EVERY_S
-            self._summary_stale = not due
-        if due and self.opened and self.writer is not None:
+        if self.opened and self.writer is not None:
             with self.safety.guard("preparing the study summary"):
-                self.writer.submit([self._summary_op(False, {}, {})], wait=False)
-
-    def _summary_op(
-        self, with_table: bool, tags: dict[str, Any], tables: dict[str, str]
-    ) -> journal.Op:
-        """The summary entry. ``tables`` are CSV files with ``run_id`` and ``trial_key``
-        columns; the run ids are filled in when the entry is written."""
-        now = batch.now_ms()
-        metrics, summary_tags, best_key = self.study.summary()
-        all_tags = {**tags, **summary_tags}
-        best_ref = f"trial:{best_key}" if best_key is not None else None
-        payload: dict[str, Any] = {
-            "needs": STUDY,
-            "metrics": [[m.key, m.value, now, 0] for m in batch.metrics(metrics, 0, now)],
-            "tags": [[t.key, t.value] for t in batch.tags(all_tags)],
-            "best_ref": best_ref,
-        }
-        if with_table and len(self.study):
-            tables = {names.ARTIFACT_TRIALS: self.study.table({}), **tables}
-        if tables:
-            payload["tables"] = tables
-        return journal.Op(STUDY, "summary", payload)
+                self.writer.submit([summary_op(self.study, False, {}, {})], wait=False)
 
     # ------------------------------------------------------------------ closing
     def close(
@@ -357,7 +326,7 @@ class StudySession:
                 if self._ephemeral:  # the only worker: its count is the total (one write)
                     summary_tags[f"{names.TAG_WORKER_WARNINGS_PREFIX}{worker}"] = count
                     summary_tags[names.TAG_LOGGING_WARNINGS] = count
-                ops.append(self._summary_op(True, summary_tags, tables or {}))
+                ops.append(summary_op(self.study, True, summary_tags, tables or {}))
                 if not self._ephemeral:
                     payload = {"needs": STUDY, "worker": worker, "count": count}
                     ops.append(journal.Op(STUDY, "worker_warnings", payload))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
 import threading
 import time
 import weakref
@@ -155,18 +154,24 @@ class Writer:
     def wait(self, ops: list[Op], timeout: float) -> bool:
         self.release()
         deadline = time.monotonic() + timeout
+        with self._waiting():
+            while any(op.state not in (DONE, DEAD) for op in ops):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Hold the lock as a waiter: nothing is held back (``coalesce``) meanwhile."""
         with self._cond:
             self._waiters += 1
             self._cond.notify_all()
             try:
-                while any(op.state not in (DONE, DEAD) for op in ops):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    self._cond.wait(left)
+                yield
             finally:
                 self._waiters -= 1
-        return True
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the queue is empty; ``False`` if ``timeout`` passed first.
@@ -176,17 +181,12 @@ class Writer:
         """
         self.release()
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            self._waiters += 1
-            self._cond.notify_all()
-            try:
-                while self._queue:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    self._cond.wait(left if left is not None else 1.0)
-            finally:
-                self._waiters -= 1
+        with self._waiting():
+            while self._queue:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(left if left is not None else 1.0)
             drained = not self._queue
         self._raise_deferred()
         return drained
@@ -241,30 +241,8 @@ class Writer:
             thread.start()
 
     def _pick(self) -> list[Op] | None:
-        """The next entry that may be written, with the entries written together with it."""
-        blocked: set[str] = set()
-        now = time.monotonic()
-        for index, op in enumerate(self._queue.values()):
-            if op.kind in BARRIERS:
-                if index == 0 and not self._inflight:
-                    return [op]
-                return None  # nothing overtakes a summary
-            if op.ref in self._inflight or op.ref in blocked or op.state < 0:
-                blocked.add(op.ref)
-                continue
-            needs = op.payload.get("needs") if op.task is None else None
-            if needs and not self._ready(needs):
-                blocked.add(op.ref)
-                continue
-            if not self._waiters and coalesce.held(op, self._after(index), now, BARRIERS):
-                blocked.add(op.ref)
-                continue
-            return [op, *coalesce.followers(op, self._after(index), BARRIERS)]
-        return None
-
-    def _after(self, index: int) -> Iterator[Op]:
-        """The queued entries after the ``index``-th, at most ``coalesce.LOOKAHEAD``."""
-        return itertools.islice(self._queue.values(), index + 1, index + 1 + coalesce.LOOKAHEAD)
+        holding = not self._waiters
+        return coalesce.pick(self._queue, self._inflight, self._ready, BARRIERS, holding)
 
     def _work(self) -> None:
         while True:
