@@ -2,8 +2,9 @@
 
 The summary (counts per state, the best trial's values, number and params, the Pareto front,
 ``trials.csv`` at close) is one ``summary`` entry, written once everything queued before it
-is in the store. While the study runs, a new best is shown at once unless one was written
-less than ``EVERY_S`` ago; then it goes out with the next trial, or with the close.
+is in the store. While the study runs, every new best is shown at once (not waited for).
+A throttle (``EVERY_S`` > 0) would hold a best back until the next trial, which never comes
+after the last one of a study used without ``with``: it stays off.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mlflow_hpo._core import batch, journal, names
 from mlflow_hpo._core.store import STUDY
 from mlflow_hpo._core.study import StudyModel
 
-EVERY_S = 1.0  # a study's best, while it runs, is written at most this often
+EVERY_S = 0.0  # seconds between two writes of a running study's best (see above)
 
 
 def summary_op(
