@@ -61,7 +61,7 @@ class StudyHandle:
 
     @property
     def study_run_id(self) -> str | None:
-        return self._study_tracker.study_run_id
+        return self._study_tracker.wait_study_run()
 
     @property
     def warning_count(self) -> int:

@@ -370,6 +370,18 @@ def test_without_with_the_summary_is_kept_current(client: MlflowClient, tracking
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+def test_trials_an_in_memory_study_ran_before_the_callback_joined_are_logged(
+    client: MlflowClient, tracking_uri: str
+) -> None:
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with MlflowStudyCallback(experiment_name="late") as tracker:
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1, callbacks=[tracker])
+    parent, trials = study_runs(client, "late")
+    assert [t.data.params[names.PARAM_TRIAL_NUMBER] for t in trials] == ["0", "1", "2"]
+    assert parent.data.metrics["n_trials_complete"] == 3
+
+
 def test_non_blocking_mode_writes_everything_by_close(
     client: MlflowClient, tracking_uri: str
 ) -> None:

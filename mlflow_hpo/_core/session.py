@@ -96,6 +96,7 @@ class StudySession:
         self._logged: set[str] = set()  # trial keys with a finished run in the store
         self.stored_runs: dict[str, reconcile.StoredRun] = {}  # a resumed study's runs
         self._chose_experiment = False  # mlflow.set_experiment was ours (undone at close)
+        self._study_created: journal.Op | None = None  # the study run, made by the writer
         # MLflow's active run is per thread: capture the caller's now, because the study may
         # be opened later from a worker thread that has no active run of its own.
         self.enclosing_run_id = parent.enclosing_run_id()
@@ -168,6 +169,13 @@ class StudySession:
             assert self.writer is not None
             open_op = self._open_op(study_name, known_parent_id, tags or {}, experiment_id)
             open_op.payload["settle"] = not exclusive
+            # A study only this process knows has no run to find or race for: only its
+            # experiment is waited for (a deleted one raises now), and the writer makes its
+            # run while the first trial runs.
+            deferred = self._ephemeral and self.nested
+            create_op = journal.Op(STUDY, "open_study", dict(open_op.payload))
+            if deferred:
+                open_op.payload["experiment_only"] = True
             self.writer.submit([open_op], wait=False)
             self.writer.wait([open_op], WAIT_CAP)
             if isinstance(open_op.result, ConfigurationError):
@@ -176,10 +184,26 @@ class StudySession:
             self.opened = True
             if isinstance(open_op.result, dict):
                 self._opened(open_op.result)
+            if deferred:
+                if self.experiment_id is not None:
+                    create_op.payload["experiment_id"] = self.experiment_id
+                self._study_created = create_op
+                self.writer.submit([create_op], wait=False)
             if self.capture_fit:
                 keras.want()
             self.progress.start(study_name, self.objective_names[0], self._maximize)
-            return self.study_run_id
+            return None if deferred else self.study_run_id
+
+    def wait_study_run(self) -> str | None:
+        """The study run's id, once the writer has made it (bounded: ``None`` while the
+        store is down)."""
+        created = self._study_created
+        writer = self.writer
+        waiting = created is not None and writer is not None and not writer.behind
+        if waiting and self.study_run_id is None:
+            assert created is not None and writer is not None
+            writer.wait([created], WAIT_CAP)
+        return self.study_run_id
 
     @property
     def _maximize(self) -> bool:

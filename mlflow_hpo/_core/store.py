@@ -84,7 +84,7 @@ class Store:
         self.experiment_id = str(experiment_id)
         self.study_key = p["key"]
         self.journal.set_meta({"experiment_id": self.experiment_id, "study_key": p["key"]})
-        if not p.get("nested", True):
+        if not p.get("nested", True) or p.get("experiment_only"):
             op.result = {"experiment_id": self.experiment_id, "run": None, "reused": False}
             return {}
         tags = dict(p["tags"])

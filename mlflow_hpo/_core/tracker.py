@@ -44,7 +44,12 @@ class StudyTracker(StudySession):
 
     # ------------------------------------------------------------------ trials
     def trial(self, key: str, number: int, start_ms: int | None = None) -> TrialRun:
-        """The handle of trial ``key``; the same handle if it was asked for before."""
+        """The handle of trial ``key``; the same handle if it was asked for before.
+
+        Its run is made when first needed (a live value, user code asking for it) or at its
+        end, with every tag known then: on a database store, tags written later would cost
+        a further transaction.
+        """
         with self._lock:
             handle = self._handles.get(key)
             if handle is None:

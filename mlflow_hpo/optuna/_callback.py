@@ -231,7 +231,11 @@ class MlflowStudyCallback(StudyHandle):
         for t in completed:
             if t.values is not None:
                 self._tracker.policy.seed(str(t.number), list(t.values))
-        if self._tracker.stored_runs or (completed and run_id is not None):
+        # Trials finished before this callback joined are written now; a stored study's
+        # only once its run was found (the store says which it holds), an in-memory
+        # study's always (the store holds none of them).
+        in_memory = _convert.study_key(study) is None
+        if self._tracker.stored_runs or (completed and (run_id is not None or in_memory)):
             prefix = names.TAG_USER_ATTR_PREFIX if self._user_attrs else None
             self._tracker.reconcile(_convert.finished(study, self._names, prefix))
 
