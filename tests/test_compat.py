@@ -54,6 +54,23 @@ def test_mlflow_active_run_stack_and_experiments(client: MlflowClient, tracking_
     client.set_terminated(run.info.run_id)
 
 
+def test_artifact_repository_writes_where_the_client_reads(
+    client: MlflowClient, tracking_uri: str, tmp_path: Path
+) -> None:
+    run = client.create_run(client.create_experiment("artifacts"))
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    (folder / "trials.csv").write_text("number,value\n0,1.5\n")
+    repository = compat.artifact_repository(run.info.artifact_uri, client.tracking_uri)
+    assert repository is not None
+    repository.log_artifacts(str(folder), "tables")
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "tables")] == [
+        "tables/trials.csv"
+    ]
+    assert compat.artifact_repository("dbfs:/x", tracking_uri) is None
+    client.set_terminated(run.info.run_id)
+
+
 def test_optuna_storage_internals(tmp_path: Path) -> None:
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}")
     assert isinstance(compat.optuna_study_id(study), int)

@@ -82,6 +82,22 @@ def default_experiment_id() -> str:
     return str(fluent._get_experiment_id())
 
 
+def artifact_repository(artifact_uri: str, tracking_uri: str) -> Any | None:
+    """MLflow's artifact repository for a run whose artifact URI this process already has
+    (a run it created), or ``None`` where MLflow adds more to the URI (Databricks).
+
+    ``MlflowClient.log_artifacts`` first reads the whole run (``get_run``: a query, or a
+    request to a server) to find that URI, for every run it has not cached yet, and its
+    cache is private. This builds the same repository the way it does, with
+    ``mlflow.store.artifact.artifact_repository_registry.get_artifact_repository``.
+    """
+    if tracking_uri.startswith("databricks") or artifact_uri.startswith("dbfs:"):
+        return None
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+
+
 def after_import(module_name: str, hook: Any) -> None:
     """Call ``hook(module)`` once ``module_name`` is imported (at once if it is already):
     MLflow's post-import hooks (``mlflow.utils.import_hooks``), which its autologging uses

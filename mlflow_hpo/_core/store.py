@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 
-from mlflow_hpo._core import names, parent
+from mlflow_hpo._core import compat, names, parent
 from mlflow_hpo._core.journal import Journal, Op, wait_for_file_lock
 from mlflow_hpo.errors import MlflowHpoError
 
 STUDY = "study"
+ARTIFACT_URIS = 16  # runs whose artifact URI is kept (the study run's, then the latest)
 
 
 class Store:
@@ -39,6 +41,10 @@ class Store:
         self.experiment_id: str | None = meta.get("experiment_id")
         self.study_key: str | None = meta.get("study_key")
         self._lock = threading.Lock()
+        # Artifact URIs of the runs this store made lately (the study run's is kept): an
+        # upload to one of them needs no read of the run first (see compat).
+        self._artifact_uris: OrderedDict[str, str] = OrderedDict()
+        self._study_artifacts = ("", "")
 
     # ------------------------------------------------------------------ run ids
     def ready(self, ref: str) -> bool:
@@ -59,6 +65,35 @@ class Store:
     def remember(self, ref: str, run_id: str) -> None:
         with self._lock:
             self._runs[ref] = run_id
+
+    # ------------------------------------------------------------------ artifacts
+    def _made(self, run: Run, study: bool = False) -> None:
+        """Note the artifact URI of a run this store made or found."""
+        run_id, uri = str(run.info.run_id), run.info.artifact_uri
+        if not uri:
+            return
+        with self._lock:
+            if study:
+                self._study_artifacts = (run_id, uri)
+                return
+            self._artifact_uris[run_id] = uri
+            if len(self._artifact_uris) > ARTIFACT_URIS:
+                self._artifact_uris.popitem(last=False)
+
+    def log_artifacts(self, ref: str, local_dir: str, path: str | None = None) -> None:
+        """Upload ``local_dir`` to the run ``ref``."""
+        run_id = self.run_id(ref)
+        with self._lock:
+            uri = self._artifact_uris.get(run_id)
+            if self._study_artifacts[0] == run_id:
+                uri = self._study_artifacts[1]
+        repository = None
+        if uri is not None:
+            repository = compat.artifact_repository(uri, self.client.tracking_uri)
+        if repository is None:
+            self.client.log_artifacts(run_id, local_dir, path)
+        else:
+            repository.log_artifacts(local_dir, path)
 
     # ------------------------------------------------------------------ entries
     def execute(self, op: Op) -> dict[str, str]:
@@ -104,6 +139,7 @@ class Store:
         self.experiment_id = str(run.info.experiment_id)
         self.journal.set_meta({"experiment_id": self.experiment_id})
         op.result = {"experiment_id": self.experiment_id, "run": run, "reused": reused}
+        self._made(run, study=True)
         return {STUDY: str(run.info.run_id)}
 
     def _experiment(self, op: Op) -> str:
@@ -130,6 +166,7 @@ class Store:
             experiment_id, start_time=p.get("start_time"), tags=tags, run_name=p.get("run_name")
         )
         op.result = run
+        self._made(run)
         return {op.ref: str(run.info.run_id)}
 
     def _do_log_batch(self, op: Op) -> None:
@@ -163,7 +200,7 @@ class Store:
             for name, text in op.payload["files"].items():
                 with open(os.path.join(tmp, name), "w") as f:
                     f.write(text)
-            self.client.log_artifacts(self.run_id(op.ref), tmp, op.payload.get("path"))
+            self.log_artifacts(op.ref, tmp, op.payload.get("path"))
 
     def _do_log_inputs(self, op: Op) -> None:
         from mlflow_hpo._core.datasets import log_inputs
@@ -175,7 +212,7 @@ class Store:
 
         folder = op.payload["folder"]
         if os.path.isdir(folder):  # gone: an earlier attempt uploaded it and removed it
-            self.client.log_artifacts(self.run_id(op.ref), folder, op.payload.get("path"))
+            self.log_artifacts(op.ref, folder, op.payload.get("path"))
             shutil.rmtree(folder, ignore_errors=True)
 
     def _do_summary(self, op: Op) -> None:
@@ -213,7 +250,7 @@ class Store:
                     row[column] = run_ids.get(f"trial:{row[key_column]}", "")
                 with open(os.path.join(tmp, name), "w", newline="") as f:
                     csv.writer(f).writerows(rows)
-            self.client.log_artifacts(study_run, tmp)
+            self.log_artifacts(STUDY, tmp)
 
     def _stored_run_ids(self) -> dict[str, str]:
         """``trial:<key>`` -> run id of every trial run of the study in the store (one paged
