@@ -169,7 +169,9 @@ class MlflowStudyCallback(StudyHandle):
         def count_every_trial() -> None:
             if study is not None:
                 self._reconcile_open_handles(study)
-                for key, number, result in _convert.finished(study, self._names, None):
+                # Other workers' trials; this tracker's own are counted already.
+                rest = _convert.finished(study, self._names, None, skip=tracker.is_logged)
+                for key, number, result in rest:
                     tracker.observe(key, number, result)
 
         tags = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -105,11 +106,15 @@ def to_result(
 
 
 def finished(
-    study: optuna.Study, metric_names: list[str], user_attr_prefix: str | None
+    study: optuna.Study,
+    metric_names: list[str],
+    user_attr_prefix: str | None,
+    skip: Callable[[str], bool] | None = None,
 ) -> list[tuple[str, int, TrialResult]]:
-    """Every finished trial of ``study`` (all workers'), as the core's neutral records."""
+    """Every finished trial of ``study`` (all workers'), as the core's neutral records;
+    ``skip(key)``: trials left out before they are converted (those the caller knows)."""
     return [
         (str(t.number), t.number, to_result(t, metric_names, user_attr_prefix=user_attr_prefix))
         for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished()
+        if t.state.is_finished() and not (skip is not None and skip(str(t.number)))
     ]
