@@ -26,7 +26,7 @@ from mlflow_hpo._core.safety import Safety, warn
 from mlflow_hpo._core.secrets import has_credentials, strip_credentials
 from mlflow_hpo._core.store import STUDY, Store, connect, quiet_urls
 from mlflow_hpo._core.study import StudyModel
-from mlflow_hpo._core.summary import BestShown, summary_op
+from mlflow_hpo._core.summary import summary_op
 from mlflow_hpo._core.writer import WAIT_CAP, Writer
 from mlflow_hpo.errors import ConfigurationError
 
@@ -91,7 +91,6 @@ class StudySession:
         self._client: MlflowClient | None = None
         self._lock = threading.RLock()
         self._ephemeral = False
-        self._best_shown = BestShown()
         self._quiet = False
         self._logged: set[str] = set()  # trial keys with a finished run in the store
         self.stored_runs: dict[str, reconcile.StoredRun] = {}  # a resumed study's runs
@@ -173,8 +172,9 @@ class StudySession:
             # experiment is waited for (a deleted one raises now), and the writer makes its
             # run while the first trial runs.
             deferred = self._ephemeral and self.nested
-            create_op = journal.Op(STUDY, "open_study", dict(open_op.payload))
+            self._study_created = None
             if deferred:
+                self._study_created = journal.Op(STUDY, "open_study", dict(open_op.payload))
                 open_op.payload["experiment_only"] = True
             self.writer.submit([open_op], wait=False)
             self.writer.wait([open_op], WAIT_CAP)
@@ -184,11 +184,10 @@ class StudySession:
             self.opened = True
             if isinstance(open_op.result, dict):
                 self._opened(open_op.result)
-            if deferred:
+            if self._study_created is not None:
                 if self.experiment_id is not None:
-                    create_op.payload["experiment_id"] = self.experiment_id
-                self._study_created = create_op
-                self.writer.submit([create_op], wait=False)
+                    self._study_created.payload["experiment_id"] = self.experiment_id
+                self.writer.submit([self._study_created], wait=False)
             if self.capture_fit:
                 keras.want()
             self.progress.start(study_name, self.objective_names[0], self._maximize)
@@ -197,11 +196,8 @@ class StudySession:
     def wait_study_run(self) -> str | None:
         """The study run's id, once the writer has made it (bounded: ``None`` while the
         store is down)."""
-        created = self._study_created
-        writer = self.writer
-        waiting = created is not None and writer is not None and not writer.behind
-        if waiting and self.study_run_id is None:
-            assert created is not None and writer is not None
+        created, writer = self._study_created, self.writer
+        if self.study_run_id is None and created and writer and not writer.behind:
             writer.wait([created], WAIT_CAP)
         return self.study_run_id
 
@@ -302,14 +298,14 @@ class StudySession:
                         self.study.add(reconcile.record_of(key, stored, self.objective_names))
 
     # ------------------------------------------------------------------ summary
-    def new_best(self, improved: bool) -> None:
-        """Show a new best on the study run while the study runs (see ``summary``). Never
-        waited for: the trial's own writes are what ``synchronous`` waits for."""
-        if not self.nested or not self._best_shown.due(improved):
-            return
-        if self.opened and self.writer is not None:
-            with self.safety.guard("preparing the study summary"):
-                self.writer.submit([summary_op(self.study, False, {}, {})], wait=False)
+    def new_best(self, improved: bool) -> list[journal.Op]:
+        """The summary entry that shows a new best on the study run while the study runs,
+        written with the trial that found it (a synchronous trial waits for both)."""
+        if not (improved and self.nested and self.opened):
+            return []
+        with self.safety.guard("preparing the study summary"):
+            return [summary_op(self.study, False, {}, {})]
+        return []  # the guard reported the failure
 
     # ------------------------------------------------------------------ closing
     def close(

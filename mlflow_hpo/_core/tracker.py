@@ -215,9 +215,8 @@ class StudyTracker(StudySession):
             except Exception as error:  # the trial's record is written all the same
                 self._model_failed(handle, error)
         handle.model = handle.model_loader = None
-        self.writer.submit(ops, settle=True)
+        self.writer.submit([*ops, *self.new_best(improved)], settle=True)
         self._logged.add(handle.key)
-        self.new_best(improved)
         for hook in self.hooks:
             with self.safety.guard("refreshing the study reports"):
                 hook.on_trial(self)
