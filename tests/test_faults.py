@@ -19,6 +19,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 from _services import MlflowServer, postgres_database
@@ -174,6 +175,43 @@ def test_a_store_down_past_close_is_written_by_mlflow_hpo_sync(
             _exactly_once(study_runs(client, "w")[1], 8)
         finally:
             server.stop()
+
+
+def test_an_in_memory_study_opened_while_the_store_is_down_is_written_when_it_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study run of an in-memory study is made by the writer, after its experiment: both
+    wait in the journal while the store is down from the start, and reach it in that order
+    when it comes back, written by the process that is still running."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    port = free_port()
+    study = optuna.create_study()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with MlflowStudyCallback(
+            experiment_name="down-at-open",
+            tracking_uri=f"http://127.0.0.1:{port}",  # nothing listens there yet
+            close_timeout=1,
+        ) as tracker:
+            study.optimize(
+                tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=3, callbacks=[tracker]
+            )
+    assert any("mlflow-hpo sync" in str(w.message) for w in caught)  # said once, at close
+    with postgres_database() as db:
+        server = MlflowServer(db, tmp_path / "artifacts", port)
+        server.start()
+        try:
+            assert tracker.flush(timeout=120)  # its writer retries until the store is back
+            client = MlflowClient(server.url)
+            parent, trials = study_runs(client, "down-at-open")
+            assert [t.data.params[names.PARAM_TRIAL_NUMBER] for t in trials] == ["0", "1", "2"]
+            assert parent.info.status == "FINISHED"
+            assert parent.data.metrics["n_trials_complete"] == 3
+            assert_no_running(client, "down-at-open")
+        finally:
+            server.stop()
+    mlflow.set_tracking_uri(None)
 
 
 def test_three_workers_opening_one_fresh_sqlite_store_at_once_log_every_trial(
