@@ -181,6 +181,12 @@ def sync(study_key: str | None, tracking_uri: str | None, timeout: float) -> Non
             f"{r.study_key}: {state}: {r.pending} writes still waiting, {r.dead} refused, "
             f"{r.ended} orphaned runs ended  ({r.path})"
         )
+        for process, count in r.held.items():
+            click.echo(
+                f"  {count} of them belong to a process that is still running ({process}): it "
+                "keeps retrying and writes them itself when the store takes them; run sync "
+                "again after it has ended if they are still waiting then"
+            )
         for error in r.errors[:5]:
             click.echo(f"  refused: {error}")
         failed = failed or bool(r.pending or r.dead)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -197,7 +198,12 @@ def test_an_in_memory_study_opened_while_the_store_is_down_is_written_when_it_is
             study.optimize(
                 tracker.track(lambda t: t.suggest_float("x", 0, 1)), n_trials=3, callbacks=[tracker]
             )
-    assert any("mlflow-hpo sync" in str(w.message) for w in caught)  # said once, at close
+    (key,) = {k for w in caught for k in re.findall(r"mlflow-hpo sync (\S+)", str(w.message))}
+    # sync run meanwhile (another terminal) leaves the writes to this live process, and says so
+    command = [sys.executable, "-m", "mlflow_hpo", "sync", key, "--timeout", "1"]
+    meanwhile = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert meanwhile.returncode == 1 and "NOT DONE" in meanwhile.stdout, meanwhile.stderr
+    assert f"still running ({socket.gethostname()} pid {os.getpid()})" in meanwhile.stdout
     with postgres_database() as db:
         server = MlflowServer(db, tmp_path / "artifacts", port)
         server.start()

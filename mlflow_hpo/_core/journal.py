@@ -285,6 +285,15 @@ class Journal:
         )[0][0]
         return {"pending": rows.get(PENDING, 0), "dead": rows.get(DEAD, 0), "trials": trials}
 
+    def held_by_live(self, owner: str) -> dict[str, int]:
+        """Pending entries of writers other than ``owner`` that are still running, per
+        writer: left to them (they write them when the store takes them)."""
+        rows = self._read(
+            "SELECT owner, COUNT(*) FROM ops WHERE state = ? AND owner != ? GROUP BY owner",
+            (PENDING, owner),
+        )
+        return {str(o): int(n) for o, n in rows if owner_alive(str(o))}
+
     def dead_errors(self) -> list[str]:
         return [row[0] for row in self._read("SELECT error FROM ops WHERE state = ?", (DEAD,))]
 

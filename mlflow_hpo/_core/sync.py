@@ -3,12 +3,12 @@
 Every journal under ``MLFLOW_HPO_HOME`` (or the one of a given study) is opened; the entries
 of writers that are gone are taken over and written to the store, in order; then the
 study's trial runs still RUNNING whose writer is gone are ended KILLED. Entries of a writer
-that is still running are left to it.
+that is still running are left to it, and the result says which process holds them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow_hpo._core import journal, reconcile
@@ -29,6 +29,9 @@ class SyncResult:
     dead: int
     ended: int
     errors: list[str]
+    # Pending writes of processes still running (a notebook whose store went down), per
+    # process ("host pid"): left to them, as they retry until the store takes them.
+    held: dict[str, int] = field(default_factory=dict)
 
 
 def journals(study_key: str | None = None) -> list[Path]:
@@ -61,9 +64,16 @@ def sync_one(path: Path, tracking_uri: str | None, timeout: float) -> SyncResult
     stopped = writer.close(0.0) or writer.halt(grace=30.0)
     counts = jour.counts()
     errors = [redact(e) for e in jour.dead_errors()]
+    held = {_process(o): n for o, n in jour.held_by_live(writer.owner.id).items()}
     if stopped:  # else a write still in flight uses it until the process exits
         jour.close()
-    return SyncResult(path, key, taken, counts["pending"], counts["dead"], ended, errors)
+    return SyncResult(path, key, taken, counts["pending"], counts["dead"], ended, errors, held)
+
+
+def _process(owner_id: str) -> str:
+    """``host pid`` of a writer's owner id (``host:pid:nonce``)."""
+    parts = owner_id.split(":")
+    return f"{parts[0]} pid {parts[1]}" if len(parts) >= 3 else owner_id
 
 
 def sync(
