@@ -7,7 +7,9 @@ medians are printed with the targets of issue 11:
 
 1. SQLite, ``--trials`` trivial trials: bare Optuna, optuna-integration's ``MLflowCallback``,
    mlflow-hpo synchronous, and mlflow-hpo ``synchronous=False`` (the loop and the close), and
-   the floor: a raw ``MlflowClient`` loop of the same three calls per trial.
+   two floors: a raw ``MlflowClient`` loop of the same three calls per trial with a minimal
+   payload, and the same loop carrying mlflow-hpo's own record of a trial (its tags, params
+   and metrics, read back from a run it wrote): what the store costs for that record.
    Targets: synchronous <= 0.5x MLflowCallback, non-blocking total <= 0.5x.
 2. HTTP: a real ``mlflow server`` on PostgreSQL on a free loopback port, with one and with
    two workers; requests are counted per trial. Targets: synchronous <= 0.5x,
@@ -87,11 +89,12 @@ def run(variant: str, uri: str, n_trials: int, sleep_s: float = 0.0, **extra: An
         callback: Any = MLflowCallback(tracking_uri=uri, metric_name="loss")
         with contextlib.redirect_stdout(io.StringIO()):  # its "View run" line per trial
             study.optimize(objective, n_trials=n_trials, callbacks=[callback])
-    elif variant == "raw floor":
+    elif variant in ("raw floor", "record floor"):
         # The same three calls as mlflow-hpo: no "View run" fetch when a run ends.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        record = RECORD[0] if variant == "record floor" else None
         try:
-            _raw_loop(MlflowClient(uri), study, objective, n_trials)
+            _raw_loop(MlflowClient(uri), study, objective, n_trials, record)
         finally:
             os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
     else:
@@ -110,24 +113,65 @@ def run(variant: str, uri: str, n_trials: int, sleep_s: float = 0.0, **extra: An
     return time.perf_counter() - start
 
 
-def _raw_loop(client: Any, study: optuna.Study, objective: Any, n_trials: int) -> None:
-    """The store's floor: the same three calls mlflow-hpo makes per trial, nothing else."""
+def _raw_loop(
+    client: Any, study: optuna.Study, objective: Any, n_trials: int, record: Record | None
+) -> None:
+    """The store's floor: the same three calls mlflow-hpo makes per trial, nothing else;
+    with ``record``, each call carries what mlflow-hpo's own carries for a trial (its tags,
+    params and metrics, of the same sizes), under a study run as mlflow-hpo's trials are."""
     from mlflow.entities import Metric, Param, RunTag
 
     experiment = client.create_experiment(f"raw-{time.time_ns()}")
+    parent = None
+    if record is not None:
+        parent = client.create_run(experiment, tags={"mlflow_hpo.role": "study"}).info.run_id
     for _ in range(n_trials):
         trial = study.ask()
         value = objective(trial)
         study.tell(trial, value)
-        run = client.create_run(experiment, tags={"mlflow_hpo.role": "trial", "k": "v" * 40})
         now = int(time.time() * 1000)
-        client.log_batch(
-            run.info.run_id,
-            metrics=[Metric("loss", value, now, 0), Metric("trial_duration_s", 0.0, now, 0)],
-            params=[Param(k, str(v)) for k, v in trial.params.items()],
-            tags=[RunTag("mlflow_hpo.state", "COMPLETE")],
-        )
+        if record is None:
+            tags = {"mlflow_hpo.role": "trial", "k": "v" * 40}
+            metrics = [Metric("loss", value, now, 0), Metric("trial_duration_s", 0.0, now, 0)]
+            params = [Param(k, str(v)) for k, v in trial.params.items()]
+            closing = [RunTag("mlflow_hpo.state", "COMPLETE")]
+        else:
+            tags = {**record.tags, "mlflow.parentRunId": str(parent)}
+            metrics = [Metric(k, value, now, 0) for k in record.metrics]
+            params = [Param(k, str(trial.params.get(k, v))) for k, v in record.params.items()]
+            closing = []
+        run = client.create_run(experiment, tags=tags, run_name=f"trial-{trial.number}")
+        client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=closing)
         client.set_terminated(run.info.run_id, "FINISHED", now)
+
+
+class Record:
+    """What mlflow-hpo writes for one trial of this benchmark's study, read back from a run
+    it wrote: the tags its ``create_run`` carries, and its batch's params and metrics."""
+
+    def __init__(self, tags: dict[str, str], params: dict[str, str], metrics: list[str]):
+        self.tags, self.params, self.metrics = tags, params, metrics
+
+    @classmethod
+    def of_mlflow_hpo(cls) -> Record:
+        from mlflow import MlflowClient
+
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = _sqlite(tmp, "record")
+            run("mlflow-hpo", uri, 3)
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name("bench")
+            (trial, *_) = [
+                r
+                for r in client.search_runs([experiment.experiment_id])
+                if r.data.tags.get("mlflow_hpo.role") == "trial"
+            ]
+        own = {"mlflow.runName", "mlflow.user", "mlflow.parentRunId"}  # set per run
+        tags = {k: v for k, v in trial.data.tags.items() if k not in own}
+        return cls(tags, dict(trial.data.params), sorted(trial.data.metrics))
+
+
+RECORD: list[Record] = []
 
 
 def _sqlite(tmp: str, name: str) -> str:
@@ -135,7 +179,10 @@ def _sqlite(tmp: str, name: str) -> str:
 
 
 def part_sqlite(trials: int, rounds: int) -> None:
-    variants = ["bare", "MLflowCallback", "raw floor", "mlflow-hpo", "mlflow-hpo non-blocking"]
+    variants = [
+        "bare", "MLflowCallback", "raw floor", "record floor", "mlflow-hpo",
+        "mlflow-hpo non-blocking",
+    ]  # fmt: skip
     samples: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
@@ -149,14 +196,26 @@ def part_sqlite(trials: int, rounds: int) -> None:
     base = ms["MLflowCallback"]
     _target("synchronous / MLflowCallback", ms["mlflow-hpo"] / base, 0.5)
     _target("non-blocking / MLflowCallback", ms["mlflow-hpo non-blocking"] / base, 0.5)
-    print(f"   the store's floor (raw loop) / MLflowCallback = {ms['raw floor'] / base:.2f}")
+    _floors(ms, "store")
+
+
+def _floors(ms: dict[str, float], what: str) -> None:
+    base = ms["MLflowCallback"]
+    print(f"   the {what}'s floor (raw loop) / MLflowCallback = {ms['raw floor'] / base:.2f}")
+    print(
+        f"   the {what}'s floor for mlflow-hpo's record (the same calls carrying its tags, "
+        f"params and metrics) / MLflowCallback = {ms['record floor'] / base:.2f}; "
+        f"mlflow-hpo synchronous / that floor = {ms['mlflow-hpo'] / ms['record floor']:.2f}"
+    )
 
 
 def part_http(trials: int, rounds: int, workers: int) -> None:
     from _services import MlflowServer, postgres_database
     from conftest import free_port
 
-    variants = ["MLflowCallback", "raw floor", "mlflow-hpo", "mlflow-hpo non-blocking"]
+    variants = [
+        "MLflowCallback", "raw floor", "record floor", "mlflow-hpo", "mlflow-hpo non-blocking",
+    ]  # fmt: skip
     samples: dict[str, list[float]] = {v: [] for v in variants}
     requests: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp, postgres_database() as db:
@@ -179,7 +238,7 @@ def part_http(trials: int, rounds: int, workers: int) -> None:
     _target("synchronous / MLflowCallback", ms["mlflow-hpo"] / base, 0.5)
     _target("non-blocking / MLflowCallback", ms["mlflow-hpo non-blocking"] / base, 0.35)
     _target("requests per trial, synchronous", statistics.median(requests["mlflow-hpo"]), 3.5)
-    print(f"   the server's floor (raw loop) / MLflowCallback = {ms['raw floor'] / base:.2f}")
+    _floors(ms, "server")
 
 
 def part_slow_objective(rounds: int) -> None:
@@ -282,6 +341,8 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, load average {load:.2f} at start")
     _count_requests()
     parts = set(args.parts.split(","))
+    if parts & {"1", "2"}:
+        RECORD.append(Record.of_mlflow_hpo())
     if "1" in parts:
         part_sqlite(args.trials, args.rounds)
     if "2" in parts and not args.skip_http:
