@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import logging
 import os
 import statistics
@@ -46,6 +47,19 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema/experiment no
 warnings.filterwarnings("ignore")
 
 REQUESTS = [0]
+STUDIES: list[optuna.Study] = []  # the last one is the study a variant just ran
+
+
+def _phases(study: optuna.Study) -> tuple[float, float]:
+    """Seconds of the study's first trial, and mean seconds between two trials (from the
+    end of one to the start of the next: the callbacks and Optuna's own step)."""
+    trials = study.trials
+    first = (trials[0].datetime_complete - trials[0].datetime_start).total_seconds()
+    gaps = [
+        (b.datetime_start - a.datetime_complete).total_seconds()
+        for a, b in itertools.pairwise(trials)
+    ]
+    return first, statistics.mean(gaps)
 
 
 def _count_requests() -> None:
@@ -79,6 +93,7 @@ def run(variant: str, uri: str, n_trials: int, sleep_s: float = 0.0, **extra: An
     mlflow.set_tracking_uri(uri)
     MlflowClient(uri).search_experiments()  # the store's schema: paid outside the timing
     study = optuna.create_study()
+    STUDIES.append(study)
     objective = _objective(sleep_s)
     start = time.perf_counter()
     if variant == "bare":
@@ -245,12 +260,16 @@ def part_slow_objective(rounds: int) -> None:
     from mlflow import MlflowClient
 
     bare, tracked, closes, sizes, floors = [], [], [], [], []
+    bare_phases: list[tuple[float, float]] = []
+    tracked_phases: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             bare.append(run("bare", _sqlite(tmp, f"bare{r}"), 30, 0.05))
+            bare_phases.append(_phases(STUDIES[-1]))
             floors.append(_close_floor(_sqlite(tmp, f"floor{r}")))
             uri = _sqlite(tmp, f"tracked{r}")
             tracked.append(_timed_close(uri, closes, experiment=f"slow{r}"))
+            tracked_phases.append(_phases(STUDIES[-1]))
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name(f"slow{r}")
             study = next(
@@ -271,6 +290,14 @@ def part_slow_objective(rounds: int) -> None:
         f"(the last trial's three calls, the study's summary and its status) take "
         f"{floor * 1000:.0f} ms here, {floor / statistics.median(bare) * 100:.1f}% of the "
         "bare study; the rest is mlflow-hpo's"
+    )
+    first = [statistics.median(p[i] for p in tracked_phases) for i in (0, 1)]
+    first_bare = [statistics.median(p[i] for p in bare_phases) for i in (0, 1)]
+    print(
+        f"   where the rest goes: the first trial +{(first[0] - first_bare[0]) * 1000:.1f} ms "
+        f"(the study opens there), between two trials "
+        f"+{(first[1] - first_bare[1]) * 1000:.2f} ms (the callback), the close "
+        f"{statistics.median(closes) * 1000:.0f} ms (medians)"
     )
     _target("close (s)", statistics.median(closes), 0.5)
     _target("reports (MB)", statistics.median(sizes) / 1e6, 5.0)
@@ -311,6 +338,7 @@ def _timed_close(uri: str, closes: list[float], experiment: str) -> float:
 
     MlflowClient(uri).search_experiments()  # the store's schema: paid outside the timing
     study = optuna.create_study()
+    STUDIES.append(study)
     start = time.perf_counter()
     tracker = MlflowStudyCallback(
         experiment_name=experiment, tracking_uri=uri, synchronous=False, reports=True, verbose=0
