@@ -178,6 +178,28 @@ def test_a_store_down_past_close_is_written_by_mlflow_hpo_sync(
             server.stop()
 
 
+def test_sync_leaves_the_writes_of_a_writer_on_another_machine_and_says_whose(
+    tracking_uri: str,
+) -> None:
+    """A journal home shared between machines (a network drive): whether a writer on another
+    host is alive cannot be checked from here, so sync leaves its entries and names it."""
+    from mlflow_hpo._core import journal
+
+    key = "shared-home-study"
+    jour = journal.Journal(journal.journal_path(key))
+    jour.set_meta({"study_key": key, "tracking_uri": tracking_uri})
+    create = {"tags": {}, "run_name": "t", "start_time": 0, "trial_key": "0", "needs": None}
+    jour.append([journal.Op("trial:0", "create_run", create)], "elsewhere:4242:0123abcd")
+    jour.close()
+    command = [sys.executable, "-m", "mlflow_hpo", "sync", key, "--timeout", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{key}: NOT DONE: 1 writes still waiting" in result.stdout
+    assert "(elsewhere pid 4242, on another machine: not checked)" in result.stdout
+    client = MlflowClient(tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
 def test_an_in_memory_study_opened_while_the_store_is_down_is_written_when_it_is_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,7 @@ that is still running are left to it, and the result says which process holds th
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,9 +72,13 @@ def sync_one(path: Path, tracking_uri: str | None, timeout: float) -> SyncResult
 
 
 def _process(owner_id: str) -> str:
-    """``host pid`` of a writer's owner id (``host:pid:nonce``)."""
+    """``host pid N`` of a writer's owner id (``host:pid:nonce``); a writer on another
+    machine cannot be checked from here, so it is taken as running, and said so."""
     parts = owner_id.split(":")
-    return f"{parts[0]} pid {parts[1]}" if len(parts) >= 3 else owner_id
+    if len(parts) < 3:
+        return owner_id
+    where = "" if parts[0] == socket.gethostname() else ", on another machine: not checked"
+    return f"{parts[0]} pid {parts[1]}{where}"
 
 
 def sync(
