@@ -2,8 +2,10 @@
 
 The summary (counts per state, the best trial's values, number and params, the Pareto front,
 ``trials.csv`` at close) is one ``summary`` entry, written once everything queued before it
-is in the store. While the study runs, every new best is shown at once (not waited for); a
-throttle would hold the last best of a study used without ``with`` back until its close.
+is in the store. While the study runs, every new best is journalled with the trial that found
+it, so a synchronous trial waits for both and the study run is current when the trial's hook
+returns; a throttle would hold the last best of a study used without ``with`` back until its
+close.
 """
 
 from __future__ import annotations
