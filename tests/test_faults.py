@@ -178,6 +178,30 @@ def test_a_store_down_past_close_is_written_by_mlflow_hpo_sync(
             server.stop()
 
 
+def test_a_large_append_keeps_every_entry_in_its_place(tmp_path: Path) -> None:
+    """The journal writes a batch of entries as few statements as it can (each call into
+    SQLite can cost the user's thread the interpreter lock): every entry of a batch larger
+    than one statement still gets its own number, in order, and is confirmed by it."""
+    from mlflow_hpo._core import journal
+
+    jour = journal.Journal(tmp_path / "j.db")
+    try:
+        first = [journal.Op(f"trial:{i}", "log_batch", {"i": i}) for i in range(450)]
+        jour.append(first, "me")
+        later = [journal.Op("study", "summary", {"i": 450})]
+        jour.append(later, "me")
+        ops = [*first, *later]
+        assert [op.seq for op in ops] == sorted({op.seq for op in ops})  # distinct, rising
+        pending = jour.pending("me")
+        assert [(op.seq, op.payload) for op in pending] == [(op.seq, op.payload) for op in ops]
+        jour.finish(ops[:300], {f"trial:{i}": f"run-{i}" for i in range(250)})
+        assert [op.payload["i"] for op in jour.pending("me")] == list(range(300, 451))
+        assert jour.run_id("trial:249") == "run-249"
+        assert jour.counts()["pending"] == 151
+    finally:
+        jour.close()
+
+
 def test_sync_leaves_the_writes_of_a_writer_on_another_machine_and_says_whose(
     tracking_uri: str,
 ) -> None:
