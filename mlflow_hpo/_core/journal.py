@@ -40,6 +40,13 @@ except ImportError:  # pragma: no cover - Windows: other owners are taken to be 
 
 PENDING, DONE, DEAD = 0, 1, 2
 _ROWS = 200  # rows per statement: 800 parameters, under SQLite's oldest limit (999)
+
+
+def _chunks(items: list[Any]) -> list[list[Any]]:
+    """``items`` in runs of at most ``_ROWS``, one statement each."""
+    return [items[i : i + _ROWS] for i in range(0, len(items), _ROWS)]
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS runs (ref TEXT PRIMARY KEY, run_id TEXT NOT NULL);
@@ -200,8 +207,9 @@ class Journal:
 
     def append(self, ops: list[Op], owner: str) -> None:
         """Record ``ops`` (one transaction) and give each its sequence number."""
-        journalled = [op for op in ops if op.task is None]
-        chunks = [journalled[i : i + _ROWS] for i in range(0, len(journalled), _ROWS)]
+        chunks = _chunks([op for op in ops if op.task is None])
+        if not chunks:  # only in-memory steps: nothing to journal
+            return
         statements = [
             (
                 "INSERT INTO ops (ref, kind, payload, owner) VALUES "
@@ -229,16 +237,15 @@ class Journal:
                 f"UPDATE ops SET state = ? WHERE seq IN ({', '.join(['?'] * len(chunk))})",
                 (DONE, *(op.seq for op in chunk)),
             )
-            for chunk in (done[i : i + _ROWS] for i in range(0, len(done), _ROWS))
+            for chunk in _chunks(done)
         ]
-        pairs = list((run_ids or {}).items())
         statements += [
             (
                 "INSERT OR REPLACE INTO runs (ref, run_id) VALUES "
                 + ", ".join(["(?, ?)"] * len(chunk)),
                 tuple(v for pair in chunk for v in pair),
             )
-            for chunk in (pairs[i : i + _ROWS] for i in range(0, len(pairs), _ROWS))
+            for chunk in _chunks(list((run_ids or {}).items()))
         ]
         if statements:
             self._write(statements)
